@@ -1,0 +1,7 @@
+"""npnn: Nonparametric Neural Networks (Philipp & Carbonell, ICLR 2017)."""
+from npnn.nn import CapNorm, NonparametricMLP
+from npnn.optim import AdaRad, AdaRadM
+from npnn.regularizers import omega_in, omega_out
+
+__all__ = ["CapNorm", "NonparametricMLP", "AdaRad", "AdaRadM", "omega_in", "omega_out"]
+__version__ = "0.1.0"

@@ -1,0 +1,22 @@
+"""README.md stays true: its Python example runs and its set-up commands are the CI's."""
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_python_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert blocks
+    for code in blocks:
+        scope: dict = {}
+        exec(compile(code, "README.md", "exec"), scope)
+    net = scope["net"]
+    assert len(net.unit_records()) >= 20 + 2 * 3  # 20 starting units, one added per layer per epoch
+
+
+def test_ci_runs_the_readme_commands():
+    readme = (ROOT / "README.md").read_text()
+    setup = re.search(r"## Set-up and tests.*?```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    assert ci == setup
