@@ -61,6 +61,11 @@ def resize_state(optimizer: Optimizer, param: Tensor, dim: int, keep: Tensor | N
             state[key] = select_and_extend(value, dim, keep, value.new_zeros(shape))
 
 
+def _columns(sizes: list[int], *flat: Tensor) -> list[tuple[Tensor, ...]]:
+    """Split concatenated per-row vectors back into one ``(rows, 1)`` column per weight."""
+    return [v.unsqueeze(1).split(sizes) for v in flat]
+
+
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
     """Row-wise dot products of two ``(rows, cols)`` matrices."""
     return torch.linalg.vecdot(a, b, dim=1)
@@ -291,15 +296,14 @@ class AdaRad(Optimizer):
             # Algorithm 2 line 20: phitilde turned by the same rotation, towards w'/|w'|:
             # phitilde = cos(theta) phitilde + sin(theta) |phitilde| w' / |w'|
             pt_b = (sin * v_len * radial * (w_len > 0)).div_(w_len.clamp_min(tiny))
-            for p, s, a_, b_, c_, pb_ in zip(params, work["states"], a.split(sizes), b.split(sizes),
-                                             cos.split(sizes), pt_b.split(sizes)):
+            for p, s, a_, b_, c_, pb_ in zip(params, work["states"], *_columns(sizes, a, b, cos, pt_b)):
                 pt = s["phitilde"]
-                s["phitilde"] = torch.addcmul(pt * c_.unsqueeze(1), pb_.unsqueeze(1), p)
-                p.mul_(a_.unsqueeze(1)).addcmul_(b_.unsqueeze(1), pt)
+                s["phitilde"] = torch.addcmul(pt * c_, pb_, p)
+                p.mul_(a_).addcmul_(b_, pt)
         else:
             # phi = g - coef w, so a w + b phi = (a - b coef) w + b g: phi is never formed
-            for p, g, a_, b_ in zip(params, work["grads"], torch.addcmul(a, b, coef, value=-1.0).split(sizes), b.split(sizes)):
-                p.mul_(a_.unsqueeze(1)).addcmul_(b_.unsqueeze(1), g)
+            for p, g, a_, b_ in zip(params, work["grads"], *_columns(sizes, torch.addcmul(a, b, coef, value=-1.0), b)):
+                p.mul_(a_).addcmul_(b_, g)
 
 
 class AdaRadM(AdaRad):
