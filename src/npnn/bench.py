@@ -1,6 +1,7 @@
 """Benchmarks that print ratios against a baseline timed in the same process.
 
     python -m npnn.bench optimizer [--shapes mnist poker] [--rounds 30] [--steps 10]
+    python -m npnn.bench epoch [--sizes 23 24 15 4] [--epochs 3]
 
 ``optimizer`` times one optimizer step (gradients given) on the weight shapes of the
 paper's MNIST net (784-1000-1000-10) and a poker-like net (10-300-260-260-130-2):
@@ -12,12 +13,15 @@ weight than RMSprop.
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import time
+from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 
-from npnn.optim import AdaRad, AdaRadM
+from npnn.optim import AdaRad, AdaRadM, group_shrink_
 
 SHAPES = {"mnist": [784, 1000, 1000, 10], "poker": [10, 300, 260, 260, 130, 2]}
 
@@ -29,13 +33,10 @@ class GroupShrinkSGD(torch.optim.SGD):
         super().__init__(params, lr=lr, foreach=True)
         self.lam = lam
 
-    @torch.no_grad()
     def step(self, closure=None):
         loss = super().step(closure)
         for group in self.param_groups:
-            for p in group["params"]:
-                norm = torch.linalg.vector_norm(p, dim=1, keepdim=True)
-                p.mul_((1 - group["lr"] * self.lam / norm.clamp_min(1e-30)).clamp_min(0))
+            group_shrink_(group["params"], group["lr"] * self.lam)
         return loss
 
 
@@ -91,6 +92,85 @@ def bench_optimizer(shapes: list[str], rounds: int, steps: int) -> dict[str, dic
     return results
 
 
+class _EpochTimer(pl.Callback):
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_end(self, trainer, module) -> None:
+        self.starts.append(time.perf_counter())
+
+
+def app_epoch_times(sizes: list[int], epochs: int, run_dir: str) -> list[float]:
+    """Seconds per epoch of ``python train.py dataset=poker`` (protocol, growth, 10 validations an
+    epoch on validation + test, checkpoints), starting from a network of ``sizes``."""
+    from hydra import compose, initialize_config_dir
+
+    from npnn.train import build
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("config", overrides=["dataset=poker", "lambda=1e-3", f"model.start_units={list(sizes)}",
+                                           f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false",
+                                           "optimizer.alpha_phi=10000"])
+    trainer, module, dm = build(cfg, run_dir)
+    timer = _EpochTimer()
+    trainer.callbacks.append(timer)
+    trainer.fit(module, datamodule=dm)
+    return [b - a for a, b in zip(timer.starts[:-1], timer.starts[1:])], dm.splits
+
+
+def plain_epoch_times(splits, sizes: list[int], epochs: int, validations: int = 10) -> list[float]:
+    """A plain PyTorch loop: a fixed BatchNorm net of ``sizes``, RMSprop, the same batches and validations."""
+    dims = [splits.num_features, *sizes]
+    layers: list[torch.nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [torch.nn.Linear(a, b, bias=False), torch.nn.BatchNorm1d(b), torch.nn.ReLU()]
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(dims[-1], splits.num_classes, bias=False))
+    opt = torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.995, eps=1e-8)
+    x, y, n = splits.x_train, splits.y_train, len(splits.y_train)
+    steps = n // 1000
+    every = steps // validations
+    g = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        perm = torch.randperm(n, generator=g)
+        for i in range(steps):
+            idx = perm[i * 1000:(i + 1) * 1000]
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx], reduction="sum") / n
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if (i + 1) % every == 0:
+                net.eval()
+                with torch.no_grad():
+                    for xs in (splits.x_val, splits.x_test):
+                        for j in range(0, len(xs), 25_000):
+                            net(xs[j:j + 25_000]).argmax(1)
+                net.train()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_epoch(sizes: list[int], epochs: int) -> float:
+    import tempfile
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory() as run_dir:
+        app, splits = app_epoch_times(sizes, epochs, run_dir)
+    plain = plain_epoch_times(splits, sizes, epochs)
+    a, p = statistics.median(app), statistics.median(plain)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; poker, {epochs} epochs each, "
+          f"hidden sizes {'-'.join(map(str, sizes))}, 10 validations an epoch (validation + test sets)")
+    print(f"app (nonparametric, AdaRad, protocol, growth, checkpoints): median {a:.2f} s/epoch  {[round(t, 2) for t in app]}")
+    print(f"plain PyTorch loop (BatchNorm net, RMSprop):               median {p:.2f} s/epoch  {[round(t, 2) for t in plain]}")
+    print(f"ratio app / plain: {a / p:.2f}")
+    return a / p
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m npnn.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -99,11 +179,17 @@ def main(argv: list[str] | None = None) -> None:
     p_opt.add_argument("--rounds", type=int, default=30)
     p_opt.add_argument("--steps", type=int, default=10)
     p_opt.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p_epoch = sub.add_parser("epoch", help="poker epoch: the app vs a plain PyTorch loop")
+    p_epoch.add_argument("--sizes", type=int, nargs="+", default=[23, 24, 15, 4])
+    p_epoch.add_argument("--epochs", type=int, default=3)
+    p_epoch.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.what == "optimizer":
         bench_optimizer(args.shapes, args.rounds, args.steps)
+    elif args.what == "epoch":
+        bench_epoch(args.sizes, args.epochs)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ class CapNorm(nn.Module):
         return f"{self.num_features}, eval_stats={self.eval_stats!r}, momentum={self.momentum}"
 
     def forward(self, z: Tensor, fan_in_norm: Tensor | None = None) -> Tensor:
+        if z.shape[1] == 0:  # a layer that lost all its units
+            return z
         if self.training or self.eval_stats == "batch":
             mean = z.mean(0)
             var = z.var(0, unbiased=False)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["AdaRad", "AdaRadM", "resize_state", "select_and_extend"]
+__all__ = ["AdaRad", "AdaRadM", "group_shrink_", "resize_state", "select_and_extend"]
 
 
 def select_and_extend(t: Tensor, dim: int, keep: Tensor | None, new: Tensor | None) -> Tensor:
@@ -59,6 +59,18 @@ def resize_state(optimizer: Optimizer, param: Tensor, dim: int, keep: Tensor | N
             shape = list(value.shape)
             shape[dim] = n_new
             state[key] = select_and_extend(value, dim, keep, value.new_zeros(shape))
+
+
+@torch.no_grad()
+def group_shrink_(weights: Iterable[Tensor], tau: float) -> None:
+    """l2 group shrinkage of every row (fan-in), in place: ``w *= max(0, 1 - tau / |w|)``.
+
+    The proximal step of the fan-in penalty; AdaRad applies it itself (Algorithm 1 line 17),
+    this is for the other optimizers (SGD with shrinkage, Table 1).
+    """
+    for w in weights:
+        norm = torch.linalg.vector_norm(w, dim=1, keepdim=True)
+        w.mul_((1.0 - tau / norm.clamp_min(torch.finfo(w.dtype).tiny)).clamp_min_(0.0))
 
 
 def _columns(sizes: list[int], *flat: Tensor) -> list[tuple[Tensor, ...]]:

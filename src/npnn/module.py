@@ -1,0 +1,225 @@
+"""The LightningModule: one growing network, trained by manual optimization (Algorithm 1)."""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torchmetrics.classification import MulticlassAccuracy
+
+from npnn.nn import NonparametricMLP
+from npnn.optim import AdaRad, group_shrink_
+from npnn.regularizers import omega_in
+
+__all__ = ["NonparametricModule", "NonFiniteLossError", "ConstantNetworkError"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class ConstantNetworkError(RuntimeError):
+    """Every fan-in of the output layer (or every unit of a hidden layer) is zero: the network is constant."""
+
+
+class NonparametricModule(pl.LightningModule):
+    """Trains a :class:`NonparametricMLP` (nonparametric with CapNorm, or the parametric BatchNorm baseline).
+
+    The loss of a step is the batch's summed cross-entropy divided by the training-set
+    size ``|D|`` (Algorithm 1 line 8). With AdaRad / AdaRad-M the l2 fan-in penalty is the
+    optimizer's group shrinkage (line 17); with a torch optimizer and ``lam > 0`` the same
+    shrinkage, ``lr * lam * |D^t| / |D|`` per row, follows each step (proximal step).
+
+    Args:
+        net: constructor arguments of :class:`NonparametricMLP`.
+        optimizer: a Hydra config (``_target_`` + arguments) of the optimizer; for AdaRad the
+            keys ``lam``, ``dataset_size`` and ``batch_size`` are filled in here, and
+            ``alpha_r: null`` means ``alpha_r_lambda / lam`` (Table 3: 1 / (50 lam)).
+        lam: the fan-in regulariser lambda.
+        dataset_size: ``|D|``.
+        batch_size: ``|D^t|`` of a full batch.
+    """
+
+    def __init__(self, net: dict, optimizer: dict, lam: float, dataset_size: int, batch_size: int) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.net = NonparametricMLP(**net)
+        self.optimizer_cfg = dict(optimizer)
+        self.lam = float(lam)
+        self.dataset_size, self.batch_size = int(dataset_size), int(batch_size)
+        self.step_count = 0  # optimizer steps on the protocol's timeline (a rewind sets it back)
+        self.last_removal_step = 0
+        self.units_added = self.units_removed = 0  # since the last validation
+        self._train_ce = torch.zeros(())  # summed cross-entropy since the last validation
+        self._train_n = 0
+        num_classes = net["out_features"]
+        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self._val_ce = torch.zeros(())
+        self._val_n = 0
+        self.last_val_error = math.nan
+        self.last_metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------- optimizer
+    def configure_optimizers(self):
+        cfg = dict(self.optimizer_cfg)
+        alpha_r_lambda = cfg.pop("alpha_r_lambda", None)
+        target = cfg.get("_target_", "")
+        if target.startswith("npnn.optim.AdaRad"):
+            if cfg.get("alpha_r") is None:
+                if self.lam <= 0 or alpha_r_lambda is None:
+                    raise ValueError("optimizer.alpha_r is null, so alpha_r = alpha_r_lambda / lambda, which needs "
+                                     f"lambda > 0 and alpha_r_lambda set (got lambda={self.lam}, alpha_r_lambda="
+                                     f"{alpha_r_lambda}); set optimizer.alpha_r explicitly")
+                cfg["alpha_r"] = alpha_r_lambda / self.lam
+            cfg.update(lam=self.lam, dataset_size=self.dataset_size, batch_size=self.batch_size)
+        return instantiate(cfg, self.net.parameters())
+
+    @property
+    def raw_optimizer(self) -> torch.optim.Optimizer:
+        opt = self.optimizers()
+        return getattr(opt, "optimizer", opt)
+
+    @property
+    def uses_adarad(self) -> bool:
+        return isinstance(self.raw_optimizer, AdaRad)
+
+    @property
+    def step_size_key(self) -> str:
+        """The step size the protocol divides: AdaRad's angular ``alpha_phi``, else ``lr``."""
+        return "alpha_phi" if self.uses_adarad else "lr"
+
+    def get_step_size(self) -> float:
+        return float(self.raw_optimizer.param_groups[0][self.step_size_key])
+
+    def set_step_size(self, value: float) -> None:
+        for group in self.raw_optimizer.param_groups:
+            group[self.step_size_key] = float(value)
+
+    def set_lambda(self, lam: float) -> None:
+        self.lam = float(lam)
+        if self.uses_adarad:
+            for group in self.raw_optimizer.param_groups:
+                group["lam"] = self.lam
+
+    # --------------------------------------------------------------- training
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        opt = self.optimizers()
+        loss = F.cross_entropy(self.net(x), y, reduction="sum") / self.dataset_size  # Alg. 1 line 8
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss is {loss.item()} at step {self.step_count}: training cannot go on. The last "
+                f"checkpoint before it is intact; resume from it with smaller step sizes (optimizer.alpha_phi / lr)")
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.uses_adarad:
+            opt.step(batch_size=len(y))
+        else:
+            opt.step()
+            if self.lam > 0:  # proximal l2 group shrinkage of every fan-in
+                group_shrink_(self.net.weights, self.get_step_size() * self.lam * len(y) / self.dataset_size)
+        self.step_count += 1
+        self._train_ce = self._train_ce.to(loss.device) + loss.detach() * self.dataset_size
+        self._train_n += len(y)
+
+    # ------------------------------------------------------------- validation
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        logits = self.net(x)
+        if dataloader_idx == 0:
+            self.val_accuracy.update(logits, y)
+            self._val_ce = self._val_ce.to(logits.device) + F.cross_entropy(logits, y, reduction="sum")
+            self._val_n += len(y)
+        else:
+            self.test_accuracy.update(logits, y)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.val_accuracy.reset(), self.test_accuracy.reset()
+            self._val_ce, self._val_n = torch.zeros(()), 0
+            return
+        self.check_not_constant()
+        metrics = {
+            "val/error": 1.0 - self.val_accuracy.compute().item(),
+            "val/ce": (self._val_ce / max(self._val_n, 1)).item(),
+            "train/ce": (self._train_ce / self._train_n).item() if self._train_n else math.nan,
+            "epoch_float": self.step_count * self.batch_size / self.dataset_size,
+            "step": float(self.step_count),
+            "weights": float(self.net.num_weights()),
+            "units/added": float(self.units_added),
+            "units/removed": float(self.units_removed),
+            "lambda": self.lam,
+            "step_size": self.get_step_size(),
+        }
+        if self.test_accuracy.update_count:
+            metrics["test/error"] = 1.0 - self.test_accuracy.compute().item()
+        metrics["objective"] = metrics["train/ce"] + omega_in(self.net.weights, self.lam).item()
+        for l, width in enumerate(self.net.hidden_sizes):
+            metrics[f"size/layer{l + 1}"] = float(width)
+        if self.uses_adarad and self.raw_optimizer.phi_max is not None:
+            metrics["phi_max"] = self.raw_optimizer.phi_max.item()
+        self.last_val_error = metrics["val/error"]
+        self.last_metrics = metrics
+        self.log_dict(metrics, on_step=False, on_epoch=True, add_dataloader_idx=False)
+        self.val_accuracy.reset(), self.test_accuracy.reset()
+        self._val_ce, self._val_n = torch.zeros(()), 0
+        self._train_ce, self._train_n = torch.zeros(()), 0
+        self.units_added = self.units_removed = 0
+
+    def check_not_constant(self) -> None:
+        """A network that can no longer learn says so (instead of running on silently)."""
+        if not bool((self.net.linears[-1].weight != 0).any()):
+            raise ConstantNetworkError(
+                f"every fan-in of the output layer has been shrunk to zero by step {self.step_count}: the network "
+                f"is constant and cannot learn. lambda={self.lam} is too large for the step sizes: lower lambda, "
+                f"or raise optimizer.alpha_phi so that units learn before the shrinkage removes them")
+        if 0 in self.net.hidden_sizes:
+            raise ConstantNetworkError(
+                f"hidden layer {self.net.hidden_sizes.index(0) + 1} has lost all its units by step {self.step_count} "
+                f"(sizes {self.net.hidden_sizes}): the network is constant. Lower lambda or raise optimizer.alpha_phi")
+
+    # ------------------------------------------------- snapshots (rewinds)
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a rewind restores: shape and weights, optimizer state, unit records, step, RNG."""
+        return copy.deepcopy({
+            "net": self.net.state_dict(),
+            "optimizer": self.raw_optimizer.state_dict(),
+            "step_count": self.step_count,
+            "torch_rng": torch.get_rng_state(),
+        })
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        snap = copy.deepcopy(snap)
+        self.net.load_state_dict(snap["net"], resize=True)
+        self.raw_optimizer.load_state_dict(snap["optimizer"])
+        self.step_count = self.last_removal_step = snap["step_count"]
+        torch.set_rng_state(snap["torch_rng"])
+
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["model_config"] = self.net.config()
+        checkpoint["npnn"] = {"step_count": self.step_count, "last_removal_step": self.last_removal_step,
+                              "lam": self.lam}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "model_config" not in checkpoint:
+            raise ValueError("this checkpoint has no 'model_config': it was not written by npnn")
+        mine, theirs = self.net.config(), checkpoint["model_config"]
+        fixed = {k: v for k, v in theirs.items() if k != "hidden_sizes"}
+        if {k: v for k, v in mine.items() if k != "hidden_sizes"} != fixed or \
+                len(theirs["hidden_sizes"]) != len(mine["hidden_sizes"]):
+            raise ValueError(f"the checkpoint's network {theirs} does not fit this run's {mine}: resume with the "
+                             f"run's own configuration (same dataset, model and depth)")
+        if theirs["hidden_sizes"] != mine["hidden_sizes"]:
+            self.net._resize_to(theirs["hidden_sizes"])  # the shape first, then Lightning loads the weights
+        state = checkpoint["npnn"]
+        self.step_count, self.last_removal_step, self.lam = state["step_count"], state["last_removal_step"], state["lam"]

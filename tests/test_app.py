@@ -1,0 +1,231 @@
+"""The training application: configs, protocol transitions, resume exactness, errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from npnn.callbacks import Growth, RewindProtocol
+from npnn.module import ConstantNetworkError, NonFiniteLossError
+from npnn.train import ConfigError, build, main, validate_config
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+QUIET = ["trainer.enable_progress_bar=false", "logger=none"]
+
+
+def config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def tiny(*overrides: str):
+    """A fast synthetic run: few units, small patience."""
+    return config("dataset=synthetic", "lambda=1e-3", *QUIET, *overrides)
+
+
+# ------------------------------------------------------------------- configs
+def test_there_are_experiment_configs():
+    assert len(EXPERIMENTS) >= 4
+
+
+_loaded: dict[str, object] = {}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_config_composes_and_instantiates(name, tmp_path):
+    cfg = config(f"experiment={name}")
+    validate_config(cfg)
+    OmegaConf.resolve(cfg)
+    key = OmegaConf.to_yaml(cfg.dataset.loader)
+    if key not in _loaded:  # one load per distinct data set
+        _loaded[key] = instantiate(cfg.dataset.loader)
+    splits = _loaded[key]
+    assert splits.sizes[0] > 0
+    net = torch.nn.Linear(splits.num_features, 3, bias=False)
+    opt_cfg = OmegaConf.to_container(cfg.optimizer)
+    ratio = opt_cfg.pop("alpha_r_lambda", None)
+    if opt_cfg["_target_"].startswith("npnn.optim"):
+        opt_cfg.update(alpha_r=opt_cfg["alpha_r"] or ratio / cfg["lambda"], lam=cfg["lambda"], dataset_size=10)
+    assert isinstance(instantiate(opt_cfg, [net.weight]), torch.optim.Optimizer)
+    if cfg.protocol.get("_target_"):
+        assert isinstance(instantiate(cfg.protocol), RewindProtocol)
+    trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(tmp_path), enable_checkpointing=False)
+    assert trainer.max_steps == cfg.trainer.max_steps
+
+
+@pytest.mark.parametrize("name", ["adarad", "adarad_m", "sgd", "momentum", "nesterov", "rmsprop", "adam"])
+def test_every_optimizer_trains_the_app(name, tmp_path):
+    model = [] if name.startswith("adarad") else ["model=parametric", "model.hidden_sizes=[8,8]", "optimizer.lr=0.01"]
+    cfg = tiny(f"optimizer={name}", *model, "trainer.max_steps=6", "protocol=none")
+    trainer, module, dm = build(cfg, tmp_path)
+    trainer.fit(module, datamodule=dm)
+    assert module.step_count == 6
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_default_config_is_the_paper_poker_setting():
+    cfg = config()
+    assert cfg.dataset.loader.source == "generated" and cfg.model.kind == "nonparametric"
+    assert cfg.model.hidden_layers == 4 and cfg.model.start_units == 10
+    assert cfg.optimizer.alpha_r_lambda == 0.2 and cfg.model.growth.every == 0.1
+    assert cfg.protocol.patience == 10 and cfg.protocol.anneal_patience == 0.5
+    assert cfg["lambda"] > 0
+
+
+# ------------------------------------------------------------- bad configs
+@pytest.mark.parametrize("override,message", [
+    ("lambda=-1", r"lambda must be a number >= 0"),
+    ("model.start_units=0", r"model.start_units must be an integer >= 1"),
+    ("model.start_units=[3,4,5]", r"or a list of 2 of them"),
+    ("protocol.patience=0", r"protocol.patience must be a number > 0"),
+    ("protocol.anneal_patience=-2", r"protocol.anneal_patience must be a number > 0"),
+    ("model.kind=bayesian", r"model.kind must be one of \('nonparametric', 'parametric'\)"),
+    ("model.norm=batchnorm", r"cannot grow: a nonparametric model needs one of \('capnorm', 'none'\)"),
+    ("model.growth.every=0", r"model.growth.every must be a number > 0"),
+    ("dataset.batch_size=0", r"dataset.batch_size must be a number >= 1"),
+])
+def test_bad_config_values_fail_early_with_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(tiny(override))
+
+
+def test_parametric_model_needs_sizes_and_matching_protocol():
+    with pytest.raises(ConfigError, match=r"model.hidden_sizes, a list of positive widths"):
+        validate_config(tiny("model=parametric"))
+    with pytest.raises(ConfigError, match=r"use protocol=parametric"):
+        validate_config(tiny("model=parametric", "model.hidden_sizes=[5]", "protocol=nonparametric"))
+
+
+@pytest.mark.parametrize("group", ["dataset=imagenet", "optimizer=lbfgs"])
+def test_unknown_choices_name_the_options(group):
+    with pytest.raises(ConfigCompositionException, match="Available options"):
+        config(group)
+
+
+# -------------------------------------------------------- protocol on a run
+def test_protocol_runs_through_every_phase_and_stops(tmp_path):
+    cfg = tiny("dataset.patience=2", "dataset.anneal_patience=1", "trainer.max_epochs=200")
+    trainer, module, dm = build(cfg, tmp_path)
+    protocol = next(cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol))
+    growth = next(cb for cb in trainer.callbacks if isinstance(cb, Growth))
+    events = []
+    original = protocol._advance
+
+    def watch(trainer_, module_):
+        before = dict(best_step=protocol.best_step, best_sizes=protocol.best["module"]["net"],
+                      sizes=module_.net.hidden_sizes, step=module_.step_count)
+        original(trainer_, module_)
+        events.append(dict(before, to=protocol.phase, done=protocol.done, after_step=module_.step_count,
+                           after_sizes=module_.net.hidden_sizes, lam=module_.lam, alpha=module_.get_step_size(),
+                           growing=growth.enabled))
+    protocol._advance = watch
+    trainer.fit(module, datamodule=dm)
+    phases = [e["to"] for e in events]
+    assert phases[:3] == ["prune", "fit", "anneal"], phases
+    assert protocol.done and trainer.current_epoch < 199  # stopped by the stop rule, not the budget
+    first = events[0]
+    assert first["after_step"] == first["best_step"] < first["step"]  # rewound to the best point...
+    best_widths = [first["best_sizes"][f"linears.{l}.weight"].shape[0] for l in range(2)]
+    assert first["after_sizes"] == best_widths  # ...with its shape
+    assert not first["growing"] and first["lam"] == 1e-3
+    assert events[1]["lam"] == 0.0 and module.raw_optimizer.param_groups[0]["lam"] == 0.0  # lambda -> 0
+    alphas = [e["alpha"] for e in events]
+    assert alphas[1] == 30.0 and alphas[2] == pytest.approx(10.0)  # divided by 3 on each plateau
+    for a, b in zip(alphas[2:], alphas[3:]):
+        assert b == pytest.approx(a / 3) or b == pytest.approx(a)
+    assert events[-1]["done"]
+
+
+def test_rewind_restores_weights_optimizer_state_and_records(tmp_path):
+    cfg = tiny("trainer.max_steps=60")
+    trainer, module, dm = build(cfg, tmp_path)
+    protocol = next(cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol))
+    trainer.fit(module, datamodule=dm)  # on_fit_end rewinds to the best point
+    snap = protocol.best["module"]
+    net_state = module.net.state_dict()
+    for k, v in snap["net"].items():
+        if torch.is_tensor(v):
+            assert torch.equal(net_state[k], v), k
+    assert module.net.get_extra_state() == snap["net"]["_extra_state"]
+    opt_state = module.raw_optimizer.state_dict()
+    for i, s in snap["optimizer"]["state"].items():
+        assert all(torch.equal(opt_state["state"][i][k], s[k]) for k in s)
+    assert module.step_count == protocol.best_step
+
+
+# ------------------------------------------------------------ main + files
+def test_main_writes_metrics_units_checkpoint_and_summary(tmp_path):
+    cfg = config("dataset=synthetic", "lambda=1e-3", "trainer.enable_progress_bar=false", "trainer.max_epochs=4")
+    summary = main(cfg, run_dir=tmp_path)
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    metrics = (tmp_path / "logs" / "version_0" / "metrics.csv").read_text()
+    for column in ("val/error", "test/error", "train/ce", "size/layer1", "weights", "units/added", "units/removed",
+                   "phi_max", "objective", "protocol/phase"):
+        assert column in metrics.splitlines()[0], column
+    units = (tmp_path / "units.csv").read_text().splitlines()
+    assert units[0] == "id,layer,birth,death" and len(units) > 20
+    assert (tmp_path / "unit_lengths.csv").read_text().startswith("step,epoch,layer,id,fan_in,fan_out")
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved == summary and saved["hidden_sizes"] and 0 <= saved["test_error"] <= 1
+    assert saved["stopped_by"] == "budget"
+
+
+# ---------------------------------------------------------- resume exactness
+def run_steps(tmp_path, steps, ckpt=None, every=None):
+    extra = [f"checkpoint_every_steps={every}"] if every else []
+    cfg = tiny(f"trainer.max_steps={steps}", "trainer.deterministic=true", "protocol=none", "dataset.growth_every=0.35",
+               *extra, *([f"ckpt_path={ckpt}"] if ckpt else []))
+    trainer, module, dm = build(cfg, tmp_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    return module
+
+
+def test_resume_mid_epoch_and_mid_growth_is_exact(tmp_path):
+    n, m = 47, 38  # 20 batches an epoch: the kill is mid-epoch; units are added every 7 steps
+    full = run_steps(tmp_path / "full", n + m)
+    killed = run_steps(tmp_path / "killed", n, every=n)
+    ckpt = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=False)["npnn"]["step_count"] == n
+    resumed = run_steps(tmp_path / "killed", n + m, ckpt=str(ckpt))
+    assert killed.net.hidden_sizes != full.net.hidden_sizes  # the shape changed after the kill
+    assert resumed.net.hidden_sizes == full.net.hidden_sizes
+    assert resumed.net.unit_records() == full.net.unit_records()
+    for (name, a), b in zip(full.net.state_dict().items(), resumed.net.state_dict().values()):
+        if torch.is_tensor(a):
+            assert torch.equal(a, b), name
+    sa, sb = full.raw_optimizer.state_dict(), resumed.raw_optimizer.state_dict()
+    assert torch.equal(sa["global"]["phi_max"], sb["global"]["phi_max"])
+    for i in sa["state"]:
+        assert all(torch.equal(sa["state"][i][k], sb["state"][i][k]) for k in sa["state"][i])
+
+
+def test_checkpoint_from_another_network_is_refused(tmp_path):
+    run_steps(tmp_path / "a", 5, every=5)
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    cfg = tiny("trainer.max_steps=10", "dataset.hidden_layers=3")
+    trainer, module, dm = build(cfg, tmp_path / "b")
+    with pytest.raises(ValueError, match="does not fit this run"):
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt))
+
+
+# ---------------------------------------------------- runs that cannot learn
+def test_nan_loss_stops_with_a_clear_message(tmp_path):
+    cfg = tiny("trainer.max_steps=5", "protocol=none")
+    trainer, module, dm = build(cfg, tmp_path)
+    dm.splits.x_train[::7, 0] = float("nan")  # a NaN feature in every batch
+    with pytest.raises(NonFiniteLossError, match="training loss is nan"):
+        trainer.fit(module, datamodule=dm)
+
+
+def test_constant_network_is_reported(tmp_path):
+    cfg = tiny("lambda=1.0", "optimizer.alpha_r=50", "trainer.max_epochs=3", "protocol=none")
+    trainer, module, dm = build(cfg, tmp_path)
+    with pytest.raises(ConstantNetworkError, match="network is constant"):
+        trainer.fit(module, datamodule=dm)
