@@ -157,6 +157,8 @@ def test_protocol_runs_through_every_phase_and_stops(tmp_path):
     assert first["after_sizes"] == best_widths  # ...with its shape
     assert not first["growing"] and first["lam"] == 1e-3
     assert events[1]["lam"] == 0.0 and module.raw_optimizer.param_groups[0]["lam"] == 0.0  # lambda -> 0
+    # prune -> fit rewinds P1 epochs: to the best VCE or the last elimination, whichever came later
+    assert events[1]["best_step"] <= events[1]["after_step"] < events[1]["step"]
     alphas = [e["alpha"] for e in events]
     assert alphas[1] == 30.0 and alphas[2] == pytest.approx(10.0)  # divided by 3 on each plateau
     for a, b in zip(alphas[2:], alphas[3:]):

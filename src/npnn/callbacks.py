@@ -72,7 +72,8 @@ class RewindProtocol(Callback):
 
     1. ``grow``: until VCE has not improved for ``patience`` epochs; rewind to the best VCE, stop adding units.
     2. ``prune``: until no unit was eliminated and VCE has not improved for ``patience`` epochs;
-       rewind, set lambda = 0.
+       rewind those epochs (to the best VCE or the last elimination, whichever came later: the
+       pruned network is kept), set lambda = 0.
     3. ``fit``: until VCE has not improved for ``patience`` epochs; rewind, divide the step size by ``factor``.
     4. ``anneal``: until VCE has not improved for ``anneal_patience`` epochs; rewind, divide by ``factor``
        again, and so on.
@@ -106,7 +107,9 @@ class RewindProtocol(Callback):
         self.phase = self.PHASES[kind][0]
         self.best_vce = math.inf
         self.best_step = 0
-        self.best: dict[str, Any] | None = None
+        self.best: dict[str, Any] | None = None  # snapshot of the best-VCE state
+        self.anchor: dict[str, Any] | None = None  # where the patience window started (= best outside prune)
+        self._last_validation_step = 0
         self.stage_improved = False
         self.stalls = 0
         self.lam: float | None = None  # the protocol's lambda and step size, set on fit start
@@ -127,22 +130,27 @@ class RewindProtocol(Callback):
         vce, step = module.last_val_error, module.step_count
         if vce < self.best_vce:
             self.best_vce, self.best_step, self.stage_improved = vce, step, True
-            self.best = {"module": module.snapshot(), "growth": self._growth_state(trainer)}
-        if self.best is None:  # NaN VCE before any snapshot: nothing to rewind to yet
+            self.best = self.anchor = self._snapshot(trainer, module, vce)
+        elif self.phase == "prune" and module.last_removal_step > self._last_validation_step and self.best is not None:
+            self.anchor = self._snapshot(trainer, module, vce)  # units were eliminated: the window restarts here
+        self._last_validation_step = step
+        if self.anchor is None:  # NaN VCE before any snapshot: nothing to rewind to yet
             return
-        since = step - self.best_step
-        if self.phase == "prune":
-            since = min(since, step - module.last_removal_step)
         patience = self.anneal_patience if self.phase == "anneal" else self.patience
-        if since >= epochs_to_steps(patience, trainer):
+        if step - self.anchor["step"] >= epochs_to_steps(patience, trainer):
             self._advance(trainer, module)
         phase = float(self.PHASES[self.kind].index(self.phase)) if not self.done else -1.0
         for logger in trainer.loggers:  # self.log is not allowed in on_validation_end
             logger.log_metrics({"protocol/phase": phase}, step=trainer.global_step)
 
+    def _snapshot(self, trainer, module: NonparametricModule, vce: float) -> dict[str, Any]:
+        return {"module": module.snapshot(), "growth": self._growth_state(trainer), "vce": vce,
+                "step": module.step_count}
+
     def on_fit_end(self, trainer, module: NonparametricModule) -> None:
         """Whatever ended the run (stop rule or budget), the final network is the best one."""
         if self.best is not None and module.step_count != self.best_step:
+            self.anchor = self.best
             self._rewind(trainer, module)
 
     # ------------------------------------------------------------ transitions
@@ -172,8 +180,13 @@ class RewindProtocol(Callback):
                  module.step_count, self.best_vce, self.lam, self.step_size)
 
     def _rewind(self, trainer, module: NonparametricModule) -> None:
-        module.restore(self.best["module"])
-        for growth, state in zip(self._growth_callbacks(trainer), self.best["growth"]):
+        """Back to the anchor: the best-VCE state, or in the prune phase the later state after the last
+        elimination (the paper rewinds "the last P1 epochs"), which then counts as the best."""
+        target = self.anchor
+        module.restore(target["module"])
+        self.best, self.best_vce, self.best_step = target, target["vce"], target["step"]
+        self._last_validation_step = target["step"]
+        for growth, state in zip(self._growth_callbacks(trainer), target["growth"]):
             enabled = growth.enabled
             growth.load_state_dict(state)
             growth.enabled = enabled  # the protocol, not the snapshot, decides whether units are added
@@ -193,8 +206,9 @@ class RewindProtocol(Callback):
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("phase", "best_vce", "best_step", "best", "stage_improved",
-                                               "stalls", "lam", "step_size", "done", "history")}
+        return {k: getattr(self, k) for k in ("phase", "best_vce", "best_step", "best", "anchor", "stage_improved",
+                                               "stalls", "lam", "step_size", "done", "history",
+                                               "_last_validation_step")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
