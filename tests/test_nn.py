@@ -235,3 +235,14 @@ def test_shrunk_unit_is_removed_after_adarad_step():
     assert torch.equal(net.linears[0].weight[2], torch.zeros(4))  # exactly zero
     assert net.remove_dead_units(step=1, optimizer=opt) == [1, 0]
     assert dead_id not in net.unit_ids(0).tolist()
+
+
+def test_capnorm_running_stats_stay_finite_for_a_zero_fan_in():
+    net = make_net(output_norm=True)
+    with torch.no_grad():
+        net.linears[2].weight[1] = 0  # an output row shrunk to zero stays in the network
+    warm_up_running_stats(net)
+    assert torch.isfinite(net.norms[2].running_mean).all() and torch.isfinite(net.norms[2].running_var).all()
+    net.eval()
+    out = net(batch())
+    assert torch.isfinite(out).all() and torch.equal(out[:, 1], torch.zeros(64, dtype=torch.float64))

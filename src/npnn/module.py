@@ -89,6 +89,9 @@ class NonparametricModule(pl.LightningModule):
     def uses_adarad(self) -> bool:
         return isinstance(self.raw_optimizer, AdaRad)
 
+    def on_fit_start(self) -> None:
+        self._adarad = self.uses_adarad  # looked up once: training_step runs every step
+
     @property
     def step_size_key(self) -> str:
         """The step size the protocol divides: AdaRad's angular ``alpha_phi``, else ``lr``."""
@@ -121,7 +124,7 @@ class NonparametricModule(pl.LightningModule):
                 f"checkpoint before it is intact; resume from it with smaller step sizes (optimizer.alpha_phi / lr)")
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if self.uses_adarad:
+        if self._adarad:
             opt.step(batch_size=len(y))
         else:
             opt.step()

@@ -64,28 +64,26 @@ class CapNorm(nn.Module):
         if z.shape[1] == 0:  # a layer that lost all its units
             return z
         if self.training or self.eval_stats == "batch":
-            mean = z.mean(0)
-            var = z.var(0, unbiased=False)
+            # two passes (mean, then the mean square of the centred values): much faster on CPU than z.var(0)
+            centred = z - z.mean(0)
+            var = (centred * centred).mean(0)
             if self.training and self.eval_stats == "running":
-                self._update_running(mean.detach(), var.detach(), fan_in_norm)
+                self._update_running(z.detach().mean(0), var.detach(), fan_in_norm)
         else:
             mean, var = self.running_mean, self.running_var
             if fan_in_norm is not None:
                 mean, var = mean * fan_in_norm, var * fan_in_norm.square()
+            centred = z - mean
         # max(sigma, 1) = sqrt(max(var, 1)): no infinite gradient of sqrt at var = 0
-        return (z - mean) / var.clamp_min(1.0).sqrt()
+        return centred * var.clamp_min(1.0).rsqrt()
 
     @torch.no_grad()
     def _update_running(self, mean: Tensor, var: Tensor, fan_in_norm: Tensor | None) -> None:
-        if fan_in_norm is None:
-            update = torch.ones_like(mean, dtype=torch.bool)
-        else:
-            update = fan_in_norm > 0
-            safe = torch.where(update, fan_in_norm, torch.ones_like(fan_in_norm))
-            mean, var = mean / safe, var / safe.square()
-        m = self.momentum
-        self.running_mean.copy_(torch.where(update, (1 - m) * self.running_mean + m * mean, self.running_mean))
-        self.running_var.copy_(torch.where(update, (1 - m) * self.running_var + m * var, self.running_var))
+        if fan_in_norm is not None:  # per unit of fan-in length; a zero fan-in (z = 0) stores 0
+            length = fan_in_norm + (fan_in_norm == 0)
+            mean, var = mean / length, var / length.square()
+        self.running_mean.lerp_(mean, self.momentum)
+        self.running_var.lerp_(var, self.momentum)
 
     @torch.no_grad()
     def fan_ins_rescaled(self, old_lengths: Tensor, new_lengths: Tensor) -> None:
