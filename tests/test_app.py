@@ -252,3 +252,13 @@ def test_constant_network_is_reported(tmp_path):
     trainer, module, dm = build(cfg, tmp_path)
     with pytest.raises(ConstantNetworkError, match="network is constant"):
         trainer.fit(module, datamodule=dm)
+
+
+def test_wandb_logger_works_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")  # optional: pip install -e ".[wandb]"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = config("dataset=synthetic", "logger=wandb", "trainer.enable_progress_bar=false", "trainer.max_steps=25",
+                 "protocol=none")
+    main(cfg, run_dir=tmp_path)
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
