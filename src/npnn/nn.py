@@ -65,10 +65,11 @@ class CapNorm(nn.Module):
             return z
         if self.training or self.eval_stats == "batch":
             # two passes (mean, then the mean square of the centred values): much faster on CPU than z.var(0)
-            centred = z - z.mean(0)
+            mean = z.mean(0)
+            centred = z - mean
             var = (centred * centred).mean(0)
             if self.training and self.eval_stats == "running":
-                self._update_running(z.detach().mean(0), var.detach(), fan_in_norm)
+                self._update_running(mean.detach(), var.detach(), fan_in_norm)
         else:
             mean, var = self.running_mean, self.running_var
             if fan_in_norm is not None:
