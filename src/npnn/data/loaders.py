@@ -1,0 +1,147 @@
+"""In-memory splits and the batch iterables Lightning trains on.
+
+No per-sample DataLoader work: a batch is ``x[idx], y[idx]`` for a slice ``idx`` of a
+random permutation (nanoGPT style).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+__all__ = ["Splits", "PermutationBatches", "SequentialBatches", "InMemoryDataModule", "standardize", "scale_pixels"]
+PIXEL_MODES = ("unit", "standardize")
+
+
+@dataclass
+class Splits:
+    """Train / validation / test tensors of one dataset (features float, labels long)."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    name: str = "data"
+
+    def __post_init__(self) -> None:
+        for split in ("train", "val", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x.dim() != 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
+                raise ValueError(f"{self.name}: {split} split needs x of shape (n, d) and y of shape (n,), "
+                                 f"got {tuple(x.shape)} and {tuple(y.shape)}")
+
+    @property
+    def num_features(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        return len(self.y_train), len(self.y_val), len(self.y_test)
+
+
+def standardize(splits: Splits) -> Splits:
+    """Standardise every feature with the training split's mean and std (constant features: std 1)."""
+    mean = splits.x_train.mean(0)
+    std = splits.x_train.std(0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    for split in ("train", "val", "test"):
+        setattr(splits, f"x_{split}", (getattr(splits, f"x_{split}") - mean) / std)
+    return splits
+
+
+def scale_pixels(splits: Splits, mode: str, max_value: float = 255.0) -> Splits:
+    """Image preprocessing (paper silent): ``"unit"`` maps pixels to [0, 1] (x / max_value);
+    ``"standardize"`` then standardises every pixel with training statistics."""
+    if mode not in PIXEL_MODES:
+        raise ValueError(f"dataset.loader.pixels must be one of {PIXEL_MODES}, got {mode!r}")
+    for split in ("train", "val", "test"):
+        setattr(splits, f"x_{split}", getattr(splits, f"x_{split}") / max_value)
+    return standardize(splits) if mode == "standardize" else splits
+
+
+class PermutationBatches:
+    """Every epoch a fresh random permutation of the rows, cut into batches (sampling without replacement).
+
+    Resumable: ``state_dict`` holds the generator state at the start of the epoch and the
+    number of batches handed out, so a resumed run sees exactly the batches it would have.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.x, self.y, self.batch_size = x, y, int(batch_size)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self._epoch_state: Tensor | None = None  # generator state before this epoch's permutation
+        self._served = 0
+        self._resume: dict | None = None
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def __iter__(self):
+        if self._resume is not None:
+            self.generator.set_state(self._resume["epoch_state"])
+            start, self._resume = self._resume["served"], None
+        else:
+            start = 0
+        self._epoch_state = self.generator.get_state()
+        perm = torch.randperm(len(self.y), generator=self.generator)
+        for i in range(start, len(self)):
+            idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
+            self._served = i + 1
+            yield self.x[idx], self.y[idx]
+        self._served = 0
+
+    def state_dict(self) -> dict:
+        if self._epoch_state is None or self._served in (0, len(self)):
+            # between epochs: the next epoch draws its permutation from the current generator
+            return {"epoch_state": self.generator.get_state(), "served": 0}
+        return {"epoch_state": self._epoch_state.clone(), "served": self._served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = {"epoch_state": state["epoch_state"].clone(), "served": int(state["served"])}
+
+
+class SequentialBatches:
+    """The rows in order, in batches (evaluation)."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int) -> None:
+        self.x, self.y, self.batch_size = x, y, int(batch_size)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self.x[i * self.batch_size:(i + 1) * self.batch_size], self.y[i * self.batch_size:(i + 1) * self.batch_size]
+
+
+class InMemoryDataModule(pl.LightningDataModule):
+    """Serves a :class:`Splits`: training batches by permutation, validation and test in order.
+
+    ``val_dataloader`` returns ``[validation, test]`` so that test error is logged at every
+    validation, as the paper's figures need.
+    """
+
+    def __init__(self, splits: Splits, batch_size: int = 1000, eval_batch_size: int = 10_000, seed: int = 0) -> None:
+        super().__init__()
+        self.splits = splits
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.train_batches = PermutationBatches(splits.x_train, splits.y_train, self.batch_size, seed)
+
+    def train_dataloader(self) -> PermutationBatches:
+        return self.train_batches
+
+    def val_dataloader(self) -> list[SequentialBatches]:
+        s = self.splits
+        return [SequentialBatches(s.x_val, s.y_val, self.eval_batch_size),
+                SequentialBatches(s.x_test, s.y_test, self.eval_batch_size)]
+
+    def test_dataloader(self) -> SequentialBatches:
+        return SequentialBatches(self.splits.x_test, self.splits.y_test, self.eval_batch_size)
