@@ -246,3 +246,19 @@ def test_capnorm_running_stats_stay_finite_for_a_zero_fan_in():
     net.eval()
     out = net(batch())
     assert torch.isfinite(out).all() and torch.equal(out[:, 1], torch.zeros(64, dtype=torch.float64))
+
+
+def test_capnorm_gradient_matches_autograd_of_the_formula():
+    z = (torch.randn(300, 6, dtype=torch.float64) * torch.tensor([0.2, 0.7, 0.99, 1.01, 2.0, 5.0], dtype=torch.float64))
+    z.requires_grad_(True)
+
+    def formula(v):
+        mu = v.mean(0)
+        sigma = ((v - mu) ** 2).mean(0).sqrt()
+        return (v - mu) / torch.maximum(sigma, torch.ones_like(sigma))
+
+    g = torch.randn(300, 6, dtype=torch.float64)
+    expected = torch.autograd.grad(formula(z), z, g)[0]
+    got = torch.autograd.grad(CapNorm(6, eval_stats="batch").double()(z), z, g)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda v: CapNorm(6, eval_stats="batch").double()(v), (z[:20].detach().requires_grad_(),))

@@ -4,8 +4,8 @@
     python -m npnn.bench epoch [--sizes 23 24 15 4] [--epochs 3]
 
 ``epoch`` times poker epochs of the app (``python train.py dataset=poker``, starting from
-``--sizes``) and of a plain PyTorch loop training a BatchNorm net of the app's final size with
-RMSprop, with the same ten validations an epoch, and prints the ratio.
+``--sizes``), each followed by an epoch of a plain PyTorch loop training a BatchNorm net of the
+app's size at that point with RMSprop and the same ten validations, and prints the ratios.
 
 ``optimizer`` times one optimizer step (gradients given) on the weight shapes of the
 paper's MNIST net (784-1000-1000-10) and a poker-like net (10-300-260-260-130-2):
@@ -96,52 +96,27 @@ def bench_optimizer(shapes: list[str], rounds: int, steps: int) -> dict[str, dic
     return results
 
 
-class _EpochTimer(pl.Callback):
-    def __init__(self) -> None:
-        self.starts: list[float] = []
+class PlainLoop:
+    """A plain PyTorch loop: a fixed BatchNorm net, RMSprop, batches of 1000 by permutation, the same
+    ten validations an epoch on the validation and test sets."""
 
-    def on_train_epoch_start(self, trainer, module) -> None:
-        self.starts.append(time.perf_counter())
+    def __init__(self, splits, validations: int = 10) -> None:
+        self.splits, self.validations = splits, validations
+        self.generator = torch.Generator().manual_seed(0)
 
-    def on_train_end(self, trainer, module) -> None:
-        self.starts.append(time.perf_counter())
-
-
-def app_epoch_times(sizes: list[int], epochs: int, run_dir: str) -> list[float]:
-    """Seconds per epoch of ``python train.py dataset=poker`` (protocol, growth, 10 validations an
-    epoch on validation + test, checkpoints), starting from a network of ``sizes``."""
-    from hydra import compose, initialize_config_dir
-
-    from npnn.train import build
-
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=poker", "lambda=1e-3", f"model.start_units={list(sizes)}",
-                                           f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false"])
-    trainer, module, dm = build(cfg, run_dir)
-    timer = _EpochTimer()
-    trainer.callbacks.append(timer)
-    trainer.fit(module, datamodule=dm)
-    return [b - a for a, b in zip(timer.starts[:-1], timer.starts[1:])], dm.splits, module.net.hidden_sizes
-
-
-def plain_epoch_times(splits, sizes: list[int], epochs: int, validations: int = 10) -> list[float]:
-    """A plain PyTorch loop: a fixed BatchNorm net of ``sizes``, RMSprop, batches of 1000 by permutation,
-    the same validations."""
-    dims = [splits.num_features, *sizes]
-    layers: list[torch.nn.Module] = []
-    for a, b in zip(dims[:-1], dims[1:]):
-        layers += [torch.nn.Linear(a, b, bias=False), torch.nn.BatchNorm1d(b), torch.nn.ReLU()]
-    net = torch.nn.Sequential(*layers, torch.nn.Linear(dims[-1], splits.num_classes, bias=False))
-    opt = torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.995, eps=1e-8)
-    x, y, n = splits.x_train, splits.y_train, len(splits.y_train)
-    steps = n // 1000
-    every = steps // validations
-    g = torch.Generator().manual_seed(0)
-    times = []
-    for _ in range(epochs):
+    def epoch(self, sizes: list[int]) -> float:
+        s = self.splits
+        dims = [s.num_features, *sizes]
+        layers: list[torch.nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [torch.nn.Linear(a, b, bias=False), torch.nn.BatchNorm1d(b), torch.nn.ReLU()]
+        net = torch.nn.Sequential(*layers, torch.nn.Linear(dims[-1], s.num_classes, bias=False))
+        opt = torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.995, eps=1e-8)
+        x, y, n = s.x_train, s.y_train, len(s.y_train)
+        steps = n // 1000
+        every = steps // self.validations
         start = time.perf_counter()
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=self.generator)
         for i in range(steps):
             idx = perm[i * 1000:(i + 1) * 1000]
             loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx], reduction="sum") / n
@@ -151,30 +126,56 @@ def plain_epoch_times(splits, sizes: list[int], epochs: int, validations: int = 
             if (i + 1) % every == 0:
                 net.eval()
                 with torch.no_grad():
-                    for xs in (splits.x_val, splits.x_test):
+                    for xs in (s.x_val, s.x_test):
                         for j in range(0, len(xs), 25_000):
                             net(xs[j:j + 25_000]).argmax(1)
                 net.train()
-        times.append(time.perf_counter() - start)
-    return times
+        return time.perf_counter() - start
+
+
+class _Interleave(pl.Callback):
+    """Times each app epoch, then (outside that time) a plain-loop epoch at the app's current sizes."""
+
+    def __init__(self, plain: PlainLoop) -> None:
+        self.plain, self.app, self.plain_times, self.sizes = plain, [], [], []
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self.app.append(time.perf_counter() - self._start)
+        self.sizes.append(module.net.hidden_sizes)
+        self.plain_times.append(self.plain.epoch(module.net.hidden_sizes))
 
 
 def bench_epoch(sizes: list[int], epochs: int) -> float:
+    """Poker epochs of ``python train.py dataset=poker`` (protocol, growth, ten validations an epoch,
+    checkpoints), starting from ``sizes``, each followed by a plain-loop epoch at the app's sizes."""
     import tempfile
 
+    from hydra import compose, initialize_config_dir
+
+    from npnn.train import build
+
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("config", overrides=["dataset=poker", "lambda=1e-3", f"model.start_units={list(sizes)}",
+                                           f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false"])
     with tempfile.TemporaryDirectory() as run_dir:
-        app, splits, final = app_epoch_times(sizes, epochs, run_dir)
-    plain = plain_epoch_times(splits, final, epochs)
-    a, p = statistics.median(app), statistics.median(plain)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; poker, {epochs} epochs each, "
-          f"10 validations an epoch (validation + test sets)")
-    print(f"app (nonparametric, AdaRad, protocol, growth, checkpoints), {'-'.join(map(str, sizes))} growing to "
-          f"{'-'.join(map(str, final))}: median {a:.2f} s/epoch  {[round(t, 2) for t in app]}")
-    print(f"plain PyTorch loop (BatchNorm net of the app's final size, RMSprop): median {p:.2f} s/epoch  "
-          f"{[round(t, 2) for t in plain]}")
-    print(f"ratio app / plain: {a / p:.2f}")
-    return a / p
+        trainer, module, dm = build(cfg, run_dir)
+        timer = _Interleave(PlainLoop(dm.splits))
+        trainer.callbacks.append(timer)
+        trainer.fit(module, datamodule=dm)
+    ratios = [a / p for a, p in zip(timer.app, timer.plain_times)]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; poker, {epochs} epochs, 10 validations "
+          f"an epoch (validation + test sets); app and plain-loop epochs interleaved")
+    for i, (a, p, sz) in enumerate(zip(timer.app, timer.plain_times, timer.sizes)):
+        print(f"epoch {i}: app {a:.2f} s (sizes at its end {'-'.join(map(str, sz))}), plain loop at those sizes "
+              f"{p:.2f} s, ratio {a / p:.2f}")
+    ratio = statistics.median(ratios)
+    print(f"ratio app / plain (median over epochs): {ratio:.2f}")
+    return ratio
 
 
 def main(argv: list[str] | None = None) -> None:

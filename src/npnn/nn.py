@@ -24,6 +24,33 @@ NORMS = ("capnorm", "batchnorm", "batchnorm_affine", "none")
 GROWABLE_NORMS = ("capnorm", "none")
 
 
+class _CapNormBatch(torch.autograd.Function):
+    """CapNorm with batch statistics, ``(z - mu) * max(var, 1)^(-1/2)``, with a fused backward.
+
+    Also returns the batch mean and (biased) variance, not differentiable. Backward, with
+    ``xhat`` the output, ``s = max(var, 1)^(-1/2)`` and ``k = [var > 1]`` per unit:
+    ``dz = s (dy - mean(dy) - k xhat mean(dy xhat))`` (below the cap only the centring acts).
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mean = z.mean(0)
+        centred = z - mean
+        var = (centred * centred).mean(0)  # two passes: much faster on CPU than z.var(0)
+        scale = var.clamp_min(1.0).rsqrt()
+        out = centred * scale
+        ctx.save_for_backward(out, scale, var > 1)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: Tensor, _mean: Tensor, _var: Tensor) -> Tensor:
+        out, scale, capped = ctx.saved_tensors
+        projection = (dy * out).mean(0) * capped
+        return (dy - dy.mean(0) - out * projection) * scale
+
+
 class CapNorm(nn.Module):
     r"""Capped batch normalisation (section 3.2): ``z -> (z - mu) / max(sigma, 1)``.
 
@@ -64,19 +91,14 @@ class CapNorm(nn.Module):
         if z.shape[1] == 0:  # a layer that lost all its units
             return z
         if self.training or self.eval_stats == "batch":
-            # two passes (mean, then the mean square of the centred values): much faster on CPU than z.var(0)
-            mean = z.mean(0)
-            centred = z - mean
-            var = (centred * centred).mean(0)
+            out, mean, var = _CapNormBatch.apply(z)
             if self.training and self.eval_stats == "running":
-                self._update_running(mean.detach(), var.detach(), fan_in_norm)
-        else:
-            mean, var = self.running_mean, self.running_var
-            if fan_in_norm is not None:
-                mean, var = mean * fan_in_norm, var * fan_in_norm.square()
-            centred = z - mean
-        # max(sigma, 1) = sqrt(max(var, 1)): no infinite gradient of sqrt at var = 0
-        return centred * var.clamp_min(1.0).rsqrt()
+                self._update_running(mean, var, fan_in_norm)
+            return out
+        mean, var = self.running_mean, self.running_var
+        if fan_in_norm is not None:
+            mean, var = mean * fan_in_norm, var * fan_in_norm.square()
+        return (z - mean) * var.clamp_min(1.0).rsqrt()  # max(sigma, 1) = sqrt(max(var, 1))
 
     @torch.no_grad()
     def _update_running(self, mean: Tensor, var: Tensor, fan_in_norm: Tensor | None) -> None:
