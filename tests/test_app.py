@@ -93,7 +93,7 @@ def test_every_optimizer_trains_the_app(name, tmp_path):
 
 def test_default_config_is_the_paper_poker_setting():
     cfg = config()
-    assert cfg.dataset.loader.source == "generated" and cfg.model.kind == "nonparametric"
+    assert cfg.dataset.source == "generated" and cfg.model.kind == "nonparametric"
     assert cfg.model.hidden_layers == 4 and cfg.model.start_units == 10
     assert cfg.optimizer.alpha_r_lambda == 0.2 and cfg.model.growth.every == 0.1
     assert cfg.protocol.patience == 10 and cfg.protocol.anneal_patience == 0.5

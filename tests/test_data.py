@@ -213,7 +213,7 @@ def test_poker_from_openml_fixture(tmp_path):
                    api_url=(tmp_path / "server").as_uri() + "/")
     assert s.sizes == (40, 10, 10) and s.num_features == 14
     assert sorted(torch.cat([s.y_train, s.y_val, s.y_test]).tolist()) == sorted(1 if i % 3 else 0 for i in range(60))
-    with pytest.raises(FileNotFoundError, match="dataset.loader.source=generated"):
+    with pytest.raises(FileNotFoundError, match="dataset.source=generated"):
         load_poker(source="openml", data_dir=tmp_path / "elsewhere", api_url=OFFLINE[0])
 
 

@@ -301,3 +301,17 @@ def test_batch_size_override_scales_shrinkage():
     length = params[0].norm().item()
     opt.step(batch_size=5)
     assert params[0].norm().item() == pytest.approx(length - 1.0 * 0.1 * 5 / 100)
+
+
+def test_param_groups_accept_generators_and_their_own_hyperparameters():
+    w1, w2 = random_weights()
+    opt = AdaRadM([{"params": (p for p in [w1])}, {"params": w2, "alpha_phi": 0.0, "beta_arith": 0.5}],
+                  alpha_r=1.0, alpha_phi=5.0, dataset_size=10, batch_size=10)
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 1]
+    assert opt.param_groups[0]["beta_arith"] == 0.1 and opt.param_groups[1]["beta_arith"] == 0.5
+    before = w2.detach().clone()
+    set_random_grads([w1, w2], 5)
+    opt.step()
+    assert (w1.detach() != random_weights()[0]).any()  # the generator's weight is trained
+    r = (w2.grad * before).sum(1, keepdim=True) / (before * before).sum(1, keepdim=True) * before
+    torch.testing.assert_close(w2.detach(), before - r)  # alpha_phi = 0 in this group: radial step only

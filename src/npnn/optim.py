@@ -156,7 +156,9 @@ class AdaRad(Optimizer):
             raise ValueError(f"AdaRad: eps must be > 0, got {h['eps']!r}")
 
     def add_param_group(self, param_group: dict) -> None:
-        for p in param_group["params"] if not isinstance(param_group["params"], Tensor) else [param_group["params"]]:
+        params = param_group["params"]
+        param_group["params"] = params = [params] if isinstance(params, Tensor) else list(params)
+        for p in params:
             if p.dim() != 2:
                 raise ValueError(
                     f"{type(self).__name__} normalises rows of 2-D weights (fan-ins); got a parameter of "
@@ -344,11 +346,9 @@ class AdaRadM(AdaRad):
         self._check_hyperparameters({"beta_arith": beta_arith})
         super().__init__(params, alpha_r, alpha_phi, lam, dataset_size=dataset_size,
                          batch_size=batch_size, beta=beta, eps=eps)
-        for group in self.param_groups:
-            group.setdefault("beta_arith", beta_arith)
 
     def add_param_group(self, param_group: dict) -> None:
-        param_group.setdefault("beta_arith", getattr(self, "_beta_arith", 0.1))
+        param_group.setdefault("beta_arith", self._beta_arith)
         super().add_param_group(param_group)
 
     momentum = True

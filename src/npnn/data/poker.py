@@ -94,7 +94,7 @@ def openml_poker(data_dir: str | Path, api_url: str = OPENML_API) -> tuple[Tenso
         except OSError as err:
             raise FileNotFoundError(
                 f"OpenML metadata {api_url}{OPENML_ID} is not reachable ({err}); put it at {meta_path}, or use "
-                f"dataset.loader.source=generated (the exact generative process, offline)") from err
+                f"dataset.source=generated (the exact generative process, offline)") from err
     desc = json.loads(meta_path.read_text())["data_set_description"]
     arff = fetch([desc["url"]], folder / f"openml-{OPENML_ID}.arff", "md5", desc["md5_checksum"])
     attributes, rows = read_arff(arff.read_text())
@@ -123,7 +123,7 @@ def load_poker(source: str = "generated", standardize_features: bool = True,
     unless ``standardize_features=False``.
     """
     if source not in ("generated", "openml"):
-        raise ValueError(f"dataset.loader.source must be 'generated' or 'openml', got {source!r}")
+        raise ValueError(f"dataset.source must be 'generated' or 'openml', got {source!r}")
     n_train, n_val, n_test = (int(s) for s in split)
     if min(n_train, n_val, n_test) < 1:
         raise ValueError(f"dataset.loader.split needs three positive sizes, got {split}")
