@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from npnn.nn import NonparametricMLP
 from npnn.optim import AdaRad, group_shrink_
-from npnn.regularizers import omega_in
+from npnn.regularizers import objective
 
 __all__ = ["NonparametricModule", "NonFiniteLossError", "ConstantNetworkError"]
 
@@ -165,7 +165,7 @@ class NonparametricModule(pl.LightningModule):
         }
         if self.test_accuracy.update_count:
             metrics["test/error"] = 1.0 - self.test_accuracy.compute().item()
-        metrics["objective"] = metrics["train/ce"] + omega_in(self.net.weights, self.lam).item()
+        metrics["objective"] = objective(metrics["train/ce"], self.net.weights, self.lam).item()  # equation 1
         for l, width in enumerate(self.net.hidden_sizes):
             metrics[f"size/layer{l + 1}"] = float(width)
         if self.uses_adarad and self.raw_optimizer.phi_max is not None:
