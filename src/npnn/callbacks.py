@@ -105,8 +105,6 @@ class RewindProtocol(Callback):
         self.kind, self.patience, self.anneal_patience = kind, float(patience), float(anneal_patience)
         self.factor, self.max_stalls, self.min_step_size = float(factor), int(max_stalls), float(min_step_size)
         self.phase = self.PHASES[kind][0]
-        self.best_vce = math.inf
-        self.best_step = 0
         self.best: dict[str, Any] | None = None  # snapshot of the best-VCE state
         self.anchor: dict[str, Any] | None = None  # where the patience window started (= best outside prune)
         self._last_validation_step = 0
@@ -116,6 +114,14 @@ class RewindProtocol(Callback):
         self.step_size: float | None = None
         self.done = False
         self.history: list[dict[str, Any]] = []
+
+    @property
+    def best_vce(self) -> float:
+        return self.best["vce"] if self.best is not None else math.inf
+
+    @property
+    def best_step(self) -> int:
+        return self.best["step"] if self.best is not None else 0
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer, module: NonparametricModule) -> None:
@@ -129,7 +135,7 @@ class RewindProtocol(Callback):
             return
         vce, step = module.last_val_error, module.step_count
         if vce < self.best_vce:
-            self.best_vce, self.best_step, self.stage_improved = vce, step, True
+            self.stage_improved = True
             self.best = self.anchor = self._snapshot(trainer, module, vce)
         elif self.phase == "prune" and module.last_removal_step > self._last_validation_step and self.best is not None:
             self.anchor = self._snapshot(trainer, module, vce)  # units were eliminated: the window restarts here
@@ -184,7 +190,7 @@ class RewindProtocol(Callback):
         elimination (the paper rewinds "the last P1 epochs"), which then counts as the best."""
         target = self.anchor
         module.restore(target["module"])
-        self.best, self.best_vce, self.best_step = target, target["vce"], target["step"]
+        self.best = target
         self._last_validation_step = target["step"]
         for growth, state in zip(self._growth_callbacks(trainer), target["growth"]):
             enabled = growth.enabled
@@ -206,7 +212,7 @@ class RewindProtocol(Callback):
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("phase", "best_vce", "best_step", "best", "anchor", "stage_improved",
+        return {k: getattr(self, k) for k in ("phase", "best", "anchor", "stage_improved",
                                                "stalls", "lam", "step_size", "done", "history",
                                                "_last_validation_step")}
 

@@ -78,7 +78,9 @@ class NonparametricModule(pl.LightningModule):
                                      f"{alpha_r_lambda}); set optimizer.alpha_r explicitly")
                 cfg["alpha_r"] = alpha_r_lambda / self.lam
             cfg.update(lam=self.lam, dataset_size=self.dataset_size, batch_size=self.batch_size)
-        return instantiate(cfg, self.net.parameters())
+        optimizer = instantiate(cfg, self.net.parameters())
+        self._adarad = isinstance(optimizer, AdaRad)  # decided once: training_step asks every step
+        return optimizer
 
     @property
     def raw_optimizer(self) -> torch.optim.Optimizer:
@@ -87,10 +89,7 @@ class NonparametricModule(pl.LightningModule):
 
     @property
     def uses_adarad(self) -> bool:
-        return isinstance(self.raw_optimizer, AdaRad)
-
-    def on_fit_start(self) -> None:
-        self._adarad = self.uses_adarad  # looked up once: training_step runs every step
+        return self._adarad
 
     @property
     def step_size_key(self) -> str:
@@ -124,7 +123,7 @@ class NonparametricModule(pl.LightningModule):
                 f"checkpoint before it is intact; resume from it with smaller step sizes (optimizer.alpha_phi / lr)")
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if self._adarad:
+        if self.uses_adarad:
             opt.step(batch_size=len(y))
         else:
             opt.step()
