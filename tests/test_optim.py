@@ -73,11 +73,13 @@ def fresh_reference_state(shapes):
 HP = dict(alpha_r=3.0, alpha_phi=30.0, lam=0.02, dataset_size=500, batch_size=50, beta=0.005, eps=1e-8, beta_arith=0.1)
 
 
-@pytest.mark.parametrize("cls,momentum", [(AdaRad, False), (AdaRadM, True)])
-def test_step_matches_a_literal_loop_over_units(cls, momentum):
+@pytest.mark.parametrize("cls,momentum,fused", [(AdaRad, False, False), (AdaRad, False, None), (AdaRadM, True, None)])
+def test_step_matches_a_literal_loop_over_units(cls, momentum, fused):
     shapes = ((6, 4), (5, 6), (3, 5))
     params = random_weights(shapes)
     kw = {k: v for k, v in HP.items() if k != "beta_arith" or momentum}
+    if not momentum:
+        kw["fused"] = fused  # None: the fused CPU kernel where it is available (npnn.fused), False: eager
     opt = cls(params, HP["alpha_r"], HP["alpha_phi"], HP["lam"], **{k: v for k, v in kw.items() if k not in ("alpha_r", "alpha_phi", "lam")})
     ref_w = [p.detach().clone() for p in params]
     st = fresh_reference_state(shapes)

@@ -4,12 +4,13 @@
     python -m npnn.bench epoch [--sizes 23 24 15 4] [--epochs 3]
 
 ``epoch`` times poker epochs of the app (``python train.py dataset=poker``, starting from
-``--sizes``), each followed by an epoch of a plain PyTorch loop training a BatchNorm net of the
-app's size at that point with RMSprop and the same ten validations, and prints the ratios.
+``--sizes``) against a plain PyTorch loop training a BatchNorm net of the app's size with
+RMSprop, validating as often: every interval between two validations of the app is followed
+by a plain-loop segment of as many steps, and the ratios are printed.
 
 ``optimizer`` times one optimizer step (gradients given) on the weight shapes of the
 paper's MNIST net (784-1000-1000-10) and a poker-like net (10-300-260-260-130-2):
-AdaRad, AdaRadM, SGD, SGD with l2 group shrinkage, and torch's foreach RMSprop and
+AdaRad (fused CPU kernel, :mod:`npnn.fused`), AdaRad's eager reference, AdaRadM, SGD, SGD with l2 group shrinkage, and torch's foreach RMSprop and
 Adam. Optimizers are timed in interleaved rounds; the median over rounds is reported
 with its ratio to SGD. Table 1 of the paper: AdaRad needs fewer operations per
 weight than RMSprop.
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from npnn import fused as npnn_fused
 from npnn.optim import AdaRad, AdaRadM, group_shrink_
 
 SHAPES = {"mnist": [784, 1000, 1000, 10], "poker": [10, 300, 260, 260, 130, 2]}
@@ -61,6 +63,8 @@ def optimizers(dims: list[int]) -> dict[str, torch.optim.Optimizer]:
         "SGD": torch.optim.SGD(make_weights(dims), lr=1.0, foreach=True),
         "SGD+shrink": GroupShrinkSGD(make_weights(dims), lr=1.0, lam=lam),
         "AdaRad": AdaRad(make_weights(dims), alpha_r=1 / (5 * lam), alpha_phi=10.0, lam=lam, dataset_size=n),
+        "AdaRad eager": AdaRad(make_weights(dims), alpha_r=1 / (5 * lam), alpha_phi=10.0, lam=lam, dataset_size=n,
+                               fused=False),
         "AdaRadM": AdaRadM(make_weights(dims), alpha_r=1 / (5 * lam), alpha_phi=10.0, lam=lam, dataset_size=n),
         "RMSprop": torch.optim.RMSprop(make_weights(dims), lr=1e-3, alpha=0.995, eps=1e-8, foreach=True),
         "Adam": torch.optim.Adam(make_weights(dims), lr=1e-3, betas=(0.9, 0.995), eps=1e-8, foreach=True),
@@ -76,7 +80,9 @@ def time_steps(opt: torch.optim.Optimizer, steps: int) -> float:
 
 def bench_optimizer(shapes: list[str], rounds: int, steps: int) -> dict[str, dict[str, float]]:
     results = {}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {rounds} rounds x {steps} steps")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {rounds} rounds x {steps} steps; "
+          f"AdaRad: the fused CPU kernel ({'built' if npnn_fused.load() else 'NOT available: eager'}), "
+          f"AdaRad eager: the reference tensor code")
     for name in shapes:
         dims = SHAPES[name]
         opts = optimizers(dims)
@@ -90,21 +96,24 @@ def bench_optimizer(shapes: list[str], rounds: int, steps: int) -> dict[str, dic
         results[name] = medians
         n_weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
         print(f"\n{name} {'-'.join(map(str, dims))} ({n_weights:,} weights)")
-        print(f"{'optimizer':<12}{'median us/step':>16}{'/ SGD':>9}{'/ RMSprop':>11}")
+        print(f"{'optimizer':<14}{'median us/step':>16}{'/ SGD':>9}{'/ RMSprop':>11}")
         for k, t in medians.items():
-            print(f"{k:<12}{t * 1e6:>16.1f}{t / medians['SGD']:>9.2f}{t / medians['RMSprop']:>11.2f}")
+            print(f"{k:<14}{t * 1e6:>16.1f}{t / medians['SGD']:>9.2f}{t / medians['RMSprop']:>11.2f}")
     return results
 
 
 class PlainLoop:
-    """A plain PyTorch loop: a fixed BatchNorm net, RMSprop, batches of 1000 by permutation, the same
-    ten validations an epoch on the validation and test sets."""
+    """A plain PyTorch loop: a fixed BatchNorm net, RMSprop, batches of 1000 by permutation, and a
+    validation (forward passes over the validation and test sets) after every segment."""
 
-    def __init__(self, splits, validations: int = 10) -> None:
-        self.splits, self.validations = splits, validations
+    def __init__(self, splits) -> None:
+        self.splits = splits
         self.generator = torch.Generator().manual_seed(0)
+        self.perm = torch.randperm(len(splits.y_train), generator=self.generator)
+        self.position = 0
 
-    def epoch(self, sizes: list[int]) -> float:
+    def segment(self, sizes: list[int], steps: int) -> float:
+        """Seconds for ``steps`` training steps and one validation of a fresh net of ``sizes``."""
         s = self.splits
         dims = [s.num_features, *sizes]
         layers: list[torch.nn.Module] = []
@@ -113,44 +122,50 @@ class PlainLoop:
         net = torch.nn.Sequential(*layers, torch.nn.Linear(dims[-1], s.num_classes, bias=False))
         opt = torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.995, eps=1e-8)
         x, y, n = s.x_train, s.y_train, len(s.y_train)
-        steps = n // 1000
-        every = steps // self.validations
         start = time.perf_counter()
-        perm = torch.randperm(n, generator=self.generator)
-        for i in range(steps):
-            idx = perm[i * 1000:(i + 1) * 1000]
-            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx], reduction="sum") / n
+        for _ in range(steps):
+            if self.position + 1000 > n:
+                self.perm, self.position = torch.randperm(n, generator=self.generator), 0
+            idx = self.perm[self.position:self.position + 1000]
+            self.position += 1000
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)  # as the app's loader
+            loss = torch.nn.functional.cross_entropy(net(xb), yb, reduction="sum") / n
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if (i + 1) % every == 0:
-                net.eval()
-                with torch.no_grad():
-                    for xs in (s.x_val, s.x_test):
-                        for j in range(0, len(xs), 25_000):
-                            net(xs[j:j + 25_000]).argmax(1)
-                net.train()
+        net.eval()
+        with torch.no_grad():
+            for xs in (s.x_val, s.x_test):
+                for j in range(0, len(xs), 25_000):
+                    net(xs[j:j + 25_000]).argmax(1)
         return time.perf_counter() - start
 
 
 class _Interleave(pl.Callback):
-    """Times each app epoch, then (outside that time) a plain-loop epoch at the app's current sizes."""
+    """Times the app from one validation's end to the next (training steps, growth, pruning, the
+    validation, logging, checkpoints) and, after each such interval (outside its time), a plain-loop
+    segment of as many steps at the app's sizes: the pairs share the machine's state of the moment."""
 
     def __init__(self, plain: PlainLoop) -> None:
         self.plain, self.app, self.plain_times, self.sizes = plain, [], [], []
+        self._start = self._step = None
 
-    def on_train_epoch_start(self, trainer, module) -> None:
-        self._start = time.perf_counter()
+    def on_train_start(self, trainer, module) -> None:
+        self._start, self._step = time.perf_counter(), module.step_count
 
-    def on_train_epoch_end(self, trainer, module) -> None:
+    def on_validation_end(self, trainer, module) -> None:
+        if self._start is None or trainer.sanity_checking:
+            return
         self.app.append(time.perf_counter() - self._start)
         self.sizes.append(module.net.hidden_sizes)
-        self.plain_times.append(self.plain.epoch(module.net.hidden_sizes))
+        with torch.inference_mode(False), torch.enable_grad():  # Lightning validates under inference mode
+            self.plain_times.append(self.plain.segment(module.net.hidden_sizes, module.step_count - self._step))
+        self._start, self._step = time.perf_counter(), module.step_count
 
 
 def bench_epoch(sizes: list[int], epochs: int) -> float:
     """Poker epochs of ``python train.py dataset=poker`` (protocol, growth, ten validations an epoch,
-    checkpoints), starting from ``sizes``, each followed by a plain-loop epoch at the app's sizes."""
+    checkpoints), starting from ``sizes``, paired interval by interval with a plain loop at the app's sizes."""
     import tempfile
 
     from hydra import compose, initialize_config_dir
@@ -167,15 +182,21 @@ def bench_epoch(sizes: list[int], epochs: int) -> float:
         timer = _Interleave(PlainLoop(dm.splits))
         trainer.callbacks.append(timer)
         trainer.fit(module, datamodule=dm)
+    per_epoch = len(timer.app) // epochs
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; poker, {epochs} epochs of the app (fused "
+          f"kernels {'on' if npnn_fused.active(torch.zeros(1)) else 'off'}), 10 validations an epoch (validation + test "
+          f"sets); each interval between validations paired with a plain-loop segment of as many steps")
+    for e in range(epochs):
+        sl = slice(e * per_epoch, (e + 1) * per_epoch)
+        app, plain = sum(timer.app[sl]), sum(timer.plain_times[sl])
+        print(f"epoch {e}: app {app:.2f} s (sizes at its end {'-'.join(map(str, timer.sizes[sl][-1]))}), plain loop "
+              f"{plain:.2f} s, ratio {app / plain:.2f}")
     ratios = [a / p for a, p in zip(timer.app, timer.plain_times)]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; poker, {epochs} epochs, 10 validations "
-          f"an epoch (validation + test sets); app and plain-loop epochs interleaved")
-    for i, (a, p, sz) in enumerate(zip(timer.app, timer.plain_times, timer.sizes)):
-        print(f"epoch {i}: app {a:.2f} s (sizes at its end {'-'.join(map(str, sz))}), plain loop at those sizes "
-              f"{p:.2f} s, ratio {a / p:.2f}")
-    ratio = statistics.median(ratios)
-    print(f"ratio app / plain (median over epochs): {ratio:.2f}")
-    return ratio
+    total = sum(timer.app) / sum(timer.plain_times)
+    print(f"ratio app / plain: all epochs {total:.2f}; median over {len(ratios)} intervals "
+          f"{statistics.median(ratios):.2f} (quartiles {statistics.quantiles(ratios, n=4)[0]:.2f}-"
+          f"{statistics.quantiles(ratios, n=4)[2]:.2f})")
+    return statistics.median(ratios)
 
 
 def main(argv: list[str] | None = None) -> None:

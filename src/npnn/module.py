@@ -52,14 +52,17 @@ class NonparametricModule(pl.LightningModule):
         self.optimizer_cfg = dict(optimizer)
         self.lam = float(lam)
         self.dataset_size, self.batch_size = int(dataset_size), int(batch_size)
+        self._plain_backward = False  # set in on_train_start
         self.step_count = 0  # optimizer steps on the protocol's timeline (a rewind sets it back)
         self.last_removal_step = 0
         self.units_added = self.units_removed = 0  # since the last validation
         self._train_ce = torch.zeros(())  # summed cross-entropy since the last validation
         self._train_n = 0
         num_classes = net["out_features"]
-        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
-        self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        # validate_args=False: the labels come from our own loaders (checked there), and the
+        # per-batch value checks cost as much as the forward pass of a small net
+        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self._val_ce = torch.zeros(())
         self._val_n = 0
         self.last_val_error = math.nan
@@ -110,6 +113,16 @@ class NonparametricModule(pl.LightningModule):
                 group["lam"] = self.lam
 
     # --------------------------------------------------------------- training
+    def on_train_start(self) -> None:
+        # manual_backward adds precision scaling, strategy and callback hooks (on_before_backward,
+        # on_after_backward) around loss.backward(); in full precision on one device they do not
+        # change the step, and on a small net they cost a tenth of it
+        trainer = self.trainer
+        self._plain_backward = (str(trainer.precision) in ("32-true", "32", "64-true", "64")
+                                and trainer.world_size == 1 and self.fast_backward)
+
+    fast_backward = True  # set False to keep Lightning's backward hooks (e.g. for a callback that uses them)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -122,7 +135,10 @@ class NonparametricModule(pl.LightningModule):
                 f"the training loss is {loss.item()} at step {self.step_count}: training cannot go on. The last "
                 f"checkpoint before it is intact; resume from it with smaller step sizes (optimizer.alpha_phi / lr)")
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        if self._plain_backward:  # 32-bit, one device: what manual_backward does, without its hooks
+            loss.backward()
+        else:
+            self.manual_backward(loss)
         if self.uses_adarad:
             opt.step(batch_size=len(y))
         else:

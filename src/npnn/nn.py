@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from npnn import fused as npnn_fused
 from npnn.optim import resize_state, select_and_extend
 
 __all__ = ["CapNorm", "NonparametricMLP", "NORMS"]
@@ -25,30 +26,52 @@ GROWABLE_NORMS = ("capnorm", "none")
 
 
 class _CapNormBatch(torch.autograd.Function):
-    """CapNorm with batch statistics, ``(z - mu) * max(var, 1)^(-1/2)``, with a fused backward.
+    """CapNorm with batch statistics, ``(z - mu) * max(var, 1)^(-1/2)``, with a fused backward,
+    and the running-statistics update (if ``running_mean`` is given) in the same call.
 
-    Also returns the batch mean and (biased) variance, not differentiable. Backward, with
-    ``xhat`` the output, ``s = max(var, 1)^(-1/2)`` and ``k = [var > 1]`` per unit:
-    ``dz = s (dy - mean(dy) - k xhat mean(dy xhat))`` (below the cap only the centring acts).
+    Backward, with ``xhat`` the output, ``s = max(var, 1)^(-1/2)`` and ``k = [var > 1]`` per
+    unit: ``dz = s (dy - mean(dy) - k xhat mean(dy xhat))`` (below the cap only the centring
+    acts). On CPU both directions run as one kernel each (:mod:`npnn.fused`) where available;
+    the eager code below is the reference.
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        mean = z.mean(0)
-        centred = z - mean
-        var = (centred * centred).mean(0)  # two passes: much faster on CPU than z.var(0)
-        scale = var.clamp_min(1.0).rsqrt()
-        out = centred * scale
-        ctx.save_for_backward(out, scale, var > 1)
-        ctx.mark_non_differentiable(mean, var)
-        return out, mean, var
+    def forward(ctx, z: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+                fan_in_norm: Tensor | None, momentum: float) -> Tensor:
+        ctx.fused = npnn_fused.active(z)
+        if ctx.fused:
+            out, mean, var = torch.ops.npnn.capnorm_forward_(z.contiguous(), running_mean, running_var,
+                                                             fan_in_norm, momentum)
+        else:
+            mean = z.mean(0)
+            centred = z - mean
+            var = (centred * centred).mean(0)  # two passes: much faster on CPU than z.var(0)
+            out = centred * var.clamp_min(1.0).rsqrt()
+            if running_mean is not None:
+                _update_running(running_mean, running_var, mean, var, fan_in_norm, momentum)
+        ctx.save_for_backward(out, var)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dy: Tensor, _mean: Tensor, _var: Tensor) -> Tensor:
-        out, scale, capped = ctx.saved_tensors
-        projection = (dy * out).mean(0) * capped
-        return (dy - dy.mean(0) - out * projection) * scale
+    def backward(ctx, dy: Tensor, *_):
+        out, var = ctx.saved_tensors
+        if ctx.fused:
+            return torch.ops.npnn.capnorm_backward(dy, out, var), None, None, None, None
+        projection = (dy * out).mean(0) * (var > 1)
+        return (dy - dy.mean(0) - out * projection) * var.clamp_min(1.0).rsqrt(), None, None, None, None
+
+
+@torch.no_grad()
+def _update_running(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
+                    fan_in_norm: Tensor | None, momentum: float) -> None:
+    """BatchNorm-style running averages of the batch statistics, per unit of fan-in length if
+    ``fan_in_norm`` is given (a zero fan-in, z = 0, stores 0)."""
+    if fan_in_norm is not None:
+        length = fan_in_norm + (fan_in_norm == 0)
+        mean, var = mean / length, var / length.square()
+    running_mean.lerp_(mean, momentum)
+    running_var.lerp_(var, momentum)
 
 
 class CapNorm(nn.Module):
@@ -91,22 +114,14 @@ class CapNorm(nn.Module):
         if z.shape[1] == 0:  # a layer that lost all its units
             return z
         if self.training or self.eval_stats == "batch":
-            out, mean, var = _CapNormBatch.apply(z)
             if self.training and self.eval_stats == "running":
-                self._update_running(mean, var, fan_in_norm)
-            return out
+                return _CapNormBatch.apply(z, self.running_mean, self.running_var, fan_in_norm, self.momentum)
+            return _CapNormBatch.apply(z, None, None, None, 0.0)
         mean, var = self.running_mean, self.running_var
         if fan_in_norm is not None:
             mean, var = mean * fan_in_norm, var * fan_in_norm.square()
-        return (z - mean) * var.clamp_min(1.0).rsqrt()  # max(sigma, 1) = sqrt(max(var, 1))
-
-    @torch.no_grad()
-    def _update_running(self, mean: Tensor, var: Tensor, fan_in_norm: Tensor | None) -> None:
-        if fan_in_norm is not None:  # per unit of fan-in length; a zero fan-in (z = 0) stores 0
-            length = fan_in_norm + (fan_in_norm == 0)
-            mean, var = mean / length, var / length.square()
-        self.running_mean.lerp_(mean, self.momentum)
-        self.running_var.lerp_(var, self.momentum)
+        # (z - mean) / max(sigma, 1), as one BatchNorm inference kernel: var capped at 1, eps = 0
+        return F.batch_norm(z, mean, var.clamp_min(1.0), training=False, eps=0.0)
 
     @torch.no_grad()
     def fan_ins_rescaled(self, old_lengths: Tensor, new_lengths: Tensor) -> None:
@@ -344,10 +359,17 @@ class NonparametricMLP(nn.Module):
         Such a unit outputs 0 for every input, so the function is unchanged. Returns the
         number removed from each layer.
         """
+        hidden = [lin.weight for lin in self.linears[:-1]]
+        if hidden and npnn_fused.active(hidden[0]):  # one call for all layers: a check every step
+            counts = torch.ops.npnn.count_zero_rows([w.detach() for w in hidden])
+        else:
+            counts = [None] * len(hidden)
         removed = []
-        for layer in range(self.num_hidden_layers):
-            alive = (self.linears[layer].weight != 0).any(dim=1)
-            n_dead = int((~alive).sum())
+        for layer, count in enumerate(counts):
+            n_dead = 0
+            if count is None or count > 0:
+                alive = (self.linears[layer].weight != 0).any(dim=1)
+                n_dead = int((~alive).sum())
             if n_dead:
                 dead_ids = self._unit_ids[layer][(~alive).cpu()]
                 keep = alive.nonzero().squeeze(1)

@@ -18,12 +18,15 @@ state must follow. :func:`resize_state` is the one entry point for that;
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Iterable
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+from npnn import fused as npnn_fused
 
 __all__ = ["AdaRad", "AdaRadM", "group_shrink_", "resize_state", "select_and_extend"]
 
@@ -115,6 +118,10 @@ class AdaRad(Optimizer):
             overrides it for one step (e.g. a short last batch).
         beta: quadratic mixing rate (Table 3: 0.005).
         eps: numerical stabiliser (Table 3: 1e-8).
+        fused: use the fused CPU kernel (:mod:`npnn.fused`): ``None`` (default) where it applies
+            (contiguous float32/float64 CPU weights, one set of hyperparameters, the kernel
+            builds), ``False`` never (the eager reference), ``True`` always (an error where it
+            cannot). Both give the same result to rounding.
     """
 
     def __init__(
@@ -128,6 +135,7 @@ class AdaRad(Optimizer):
         batch_size: int = 1000,
         beta: float = 0.005,
         eps: float = 1e-8,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             alpha_r=alpha_r, alpha_phi=alpha_phi, lam=lam, dataset_size=dataset_size,
@@ -135,6 +143,9 @@ class AdaRad(Optimizer):
         )
         self._check_hyperparameters(defaults)
         super().__init__(params, defaults)
+        if fused not in (None, True, False):
+            raise ValueError(f"AdaRad: fused must be None, True or False, got {fused!r}")
+        self.fused = fused
         # line 2: phi_max = 0, c_max = 0, once for the whole network
         self.phi_max: Tensor | None = None
         self.c_max: Tensor | None = None
@@ -209,7 +220,8 @@ class AdaRad(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
+        # a copy: the fused step updates state in place, so it must not alias the caller's tensors
+        state_dict = copy.deepcopy(dict(state_dict))
         glob = state_dict.pop("global", None)
         super().load_state_dict(state_dict)
         if glob is None:
@@ -237,6 +249,8 @@ class AdaRad(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._fused_step(batch_size):
+            return loss
         work = [w for w in (self._averages(group) for group in self.param_groups) if w is not None]
         if not work:
             return loss
@@ -252,6 +266,38 @@ class AdaRad(Optimizer):
         for w in work:
             self._update(w, global_scale, batch_size)
         return loss
+
+    _fused_keys = ("alpha_r", "alpha_phi", "lam", "dataset_size", "batch_size", "beta", "eps")
+
+    def _fused_step(self, batch_size: int | None) -> bool:
+        """The whole step in one call of ``torch.ops.npnn.adarad_step_`` where it applies; False otherwise."""
+        if self.fused is False or self.momentum:
+            return False
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        groups = {tuple(group[k] for k in self._fused_keys) for group in self.param_groups}
+        dtype = params[0].dtype if params else None
+        why = ("no gradients" if not params else
+               "parameter groups with different hyperparameters" if len(groups) > 1 else
+               "non-CPU, non-float32/64, sparse or non-contiguous weights or gradients"
+               if not all(t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
+                          for p in params for t in (p, p.grad)) or dtype not in (torch.float32, torch.float64) else
+               None)
+        if why is None and not (npnn_fused.active(params[0]) if self.fused is None else npnn_fused.load()):
+            why = "the fused kernels are not available (see the warning of npnn.fused) or are switched off"
+        if why is not None:
+            if self.fused and why != "no gradients":
+                raise RuntimeError(f"{type(self).__name__}(fused=True): cannot use the fused kernel: {why}")
+            return False
+        group = self.param_groups[0]
+        states = [self._init_state(p) for p in params]
+        if self.phi_max is None:  # line 2
+            self.phi_max, self.c_max = params[0].new_zeros(()), params[0].new_zeros(())
+        tau = group["alpha_r"] * group["lam"] * (batch_size or group["batch_size"]) / group["dataset_size"]
+        torch.ops.npnn.adarad_step_(
+            [p.detach() for p in params], [p.grad for p in params], [s["phibar"] for s in states],
+            [s["c"] for s in states], self.phi_max, self.c_max, float(group["alpha_r"]), float(group["alpha_phi"]),
+            float(group["beta"]), float(group["eps"]), float(tau))
+        return True
 
     def _averages(self, group: dict) -> dict | None:
         """Lines 11-12 (and 16 of Algorithm 2) for every row of the group's weights."""

@@ -1,0 +1,293 @@
+// Fused CPU kernels of npnn, built on first use by npnn.fused (torch.utils.cpp_extension).
+//
+// npnn::adarad_step_       one AdaRad step (Algorithm 1 lines 11-17) over all weights of a parameter
+//                          group in two passes over memory, instead of ~60 eager tensor ops.
+// npnn::capnorm_forward_   CapNorm with batch statistics (section 3.2) and the running-statistics
+// npnn::capnorm_backward   update, and its backward; one or two passes instead of ~8 ops each.
+// npnn::count_zero_rows    all-zero rows per weight (dead units), one call for all layers.
+//
+// The arithmetic is that of the eager code in npnn.optim.AdaRad and npnn.nn (the reference;
+// tests compare them).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// rows per parallel task: about 16k weights
+int64_t grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
+
+template <typename T>
+void adarad_step_impl(const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& grads,
+                      const std::vector<at::Tensor>& phibars, const std::vector<at::Tensor>& cs,
+                      const at::Tensor& phi_max, const at::Tensor& c_max, double alpha_r, double alpha_phi,
+                      double beta, double eps, double tau) {
+  const T tiny = std::numeric_limits<T>::min();
+  const size_t L = weights.size();
+  std::vector<at::Tensor> coefs(L), phi_sqs(L), w_lens(L);
+  T new_phi_max = phi_max.item<T>(), new_c_max = c_max.item<T>();
+
+  // pass 1: per row |w|^2, g.w, |g|^2 -> r = coef w, |phi|^2 (line 11); running averages (line 12)
+  for (size_t l = 0; l < L; ++l) {
+    const int64_t m = weights[l].size(0), n = weights[l].size(1);
+    coefs[l] = at::empty({m}, weights[l].options());
+    phi_sqs[l] = at::empty({m}, weights[l].options());
+    w_lens[l] = at::empty({m}, weights[l].options());
+    const T* w = weights[l].data_ptr<T>();
+    const T* g = grads[l].data_ptr<T>();
+    T* phibar = phibars[l].data_ptr<T>();
+    T* c = cs[l].data_ptr<T>();
+    T* coef = coefs[l].data_ptr<T>();
+    T* phi_sq = phi_sqs[l].data_ptr<T>();
+    T* w_len = w_lens[l].data_ptr<T>();
+    at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const T* wr = w + i * n;
+        const T* gr = g + i * n;
+        T ww = 0, gw = 0, gg = 0;
+#pragma omp simd reduction(+ : ww, gw, gg)
+        for (int64_t j = 0; j < n; ++j) {
+          ww += wr[j] * wr[j];
+          gw += gr[j] * wr[j];
+          gg += gr[j] * gr[j];
+        }
+        const T k = gw / std::max(ww, tiny);  // a zero row: k = 0, phi = g
+        coef[i] = k;
+        phi_sq[i] = std::max(gg - k * gw, T(0));  // |phi|^2 = |g|^2 - (g.w)^2 / |w|^2
+        w_len[i] = std::sqrt(ww);
+        phibar[i] = (1 - T(beta)) * phibar[i] + T(beta) * phi_sq[i];  // line 12
+        c[i] = (1 - T(beta)) * c[i] + T(beta);
+      }
+    });
+    // line 13: Algorithm 1 raises the maxima unit by unit; here once, after all averages
+    for (int64_t i = 0; i < m; ++i) {
+      new_phi_max = std::max(new_phi_max, phibar[i]);
+      new_c_max = std::max(new_c_max, c[i]);
+    }
+  }
+  phi_max.fill_(new_phi_max);
+  c_max.fill_(new_c_max);
+  const T global_scale = std::sqrt(new_phi_max / new_c_max);
+
+  // pass 2: w <- A w + B g per row (lines 14-17; phi = g - coef w is never formed)
+  for (size_t l = 0; l < L; ++l) {
+    const int64_t m = weights[l].size(0), n = weights[l].size(1);
+    T* w = weights[l].data_ptr<T>();
+    const T* g = grads[l].data_ptr<T>();
+    const T* phibar = phibars[l].data_ptr<T>();
+    const T* c = cs[l].data_ptr<T>();
+    const T* coef = coefs[l].data_ptr<T>();
+    const T* phi_sq = phi_sqs[l].data_ptr<T>();
+    const T* w_len = w_lens[l].data_ptr<T>();
+    at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const T phi_len = std::sqrt(phi_sq[i]);
+        // line 14 and 16: rotation angle alpha_phi |phi_adj|
+        const T theta = T(alpha_phi) * global_scale * phi_len / std::sqrt(phibar[i] / c[i] + T(eps));
+        const T radial = 1 - T(alpha_r) * coef[i];  // line 15: w' = (1 - alpha_r coef) w
+        const T len = std::abs(radial) * w_len[i];  // |w'|, kept by the rotation
+        const T new_len = std::max(len - T(tau), T(0));  // line 17: |w| -> max(0, |w| - tau)
+        // line 16: w'' = cos(theta) w' - sin(theta) |w'| phi / |phi|, then shrunk to new_len
+        const T a = std::cos(theta) * radial * new_len / std::max(len, tiny);
+        const T b = -std::sin(theta) * new_len / std::max(phi_len, tiny);
+        const T A = a - b * coef[i], B = b;
+        T* wr = w + i * n;
+        const T* gr = g + i * n;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) wr[j] = A * wr[j] + B * gr[j];
+      }
+    });
+  }
+}
+
+void adarad_step_(at::TensorList weights, at::TensorList grads, at::TensorList phibars, at::TensorList cs,
+                  const at::Tensor& phi_max, const at::Tensor& c_max, double alpha_r, double alpha_phi,
+                  double beta, double eps, double tau) {
+  const size_t L = weights.size();
+  TORCH_CHECK(grads.size() == L && phibars.size() == L && cs.size() == L, "adarad_step_: lists differ in length");
+  TORCH_CHECK(L > 0, "adarad_step_: no weights");
+  const auto dtype = weights[0].scalar_type();
+  for (size_t l = 0; l < L; ++l) {
+    TORCH_CHECK(weights[l].dim() == 2 && grads[l].sizes() == weights[l].sizes(), "adarad_step_: weight ", l,
+                " must be 2-D with a gradient of its shape");
+    TORCH_CHECK(phibars[l].numel() == weights[l].size(0) && cs[l].numel() == weights[l].size(0),
+                "adarad_step_: state of weight ", l, " does not match its rows");
+    for (const at::Tensor* t : {&weights[l], &grads[l], &phibars[l], &cs[l]}) {
+      TORCH_CHECK(t->is_contiguous() && t->scalar_type() == dtype && t->device().is_cpu(),
+                  "adarad_step_: tensors must be contiguous CPU tensors of one dtype");
+    }
+  }
+  TORCH_CHECK(phi_max.numel() == 1 && c_max.numel() == 1 && phi_max.scalar_type() == dtype &&
+                  c_max.scalar_type() == dtype, "adarad_step_: phi_max and c_max must be scalars of the weights' dtype");
+  std::vector<at::Tensor> w(weights.begin(), weights.end()), g(grads.begin(), grads.end()),
+      pb(phibars.begin(), phibars.end()), c(cs.begin(), cs.end());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "adarad_step_", [&] {
+    adarad_step_impl<scalar_t>(w, g, pb, c, phi_max, c_max, alpha_r, alpha_phi, beta, eps, tau);
+  });
+}
+
+// ------------------------------------------------------------------------------------------ CapNorm
+// z: (batch, units), row-major. Column statistics are accumulated row by row (vectorised over units).
+
+template <typename T>
+void column_means(const T* x, int64_t rows, int64_t cols, T* out) {
+  std::fill(out, out + cols, T(0));
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* r = x + i * cols;
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) out[j] += r[j];
+  }
+  for (int64_t j = 0; j < cols; ++j) out[j] /= T(rows);
+}
+
+template <typename T>
+void capnorm_forward_impl(const at::Tensor& z, at::Tensor& out, at::Tensor& mean, at::Tensor& var,
+                          const at::Tensor& running_mean, const at::Tensor& running_var,
+                          const at::Tensor& fan_in_norm, double momentum) {
+  const int64_t B = z.size(0), U = z.size(1);
+  const T* zp = z.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  T* mp = mean.data_ptr<T>();
+  T* vp = var.data_ptr<T>();
+  column_means(zp, B, U, mp);
+  std::vector<T> scale(U);
+  std::fill(vp, vp + U, T(0));
+  for (int64_t i = 0; i < B; ++i) {  // two passes: the variance of the centred values
+    const T* r = zp + i * U;
+#pragma omp simd
+    for (int64_t j = 0; j < U; ++j) vp[j] += (r[j] - mp[j]) * (r[j] - mp[j]);
+  }
+  for (int64_t j = 0; j < U; ++j) {
+    vp[j] /= T(B);
+    scale[j] = T(1) / std::sqrt(std::max(vp[j], T(1)));  // 1 / max(sigma, 1)
+  }
+  const T* sp = scale.data();
+  for (int64_t i = 0; i < B; ++i) {
+    const T* r = zp + i * U;
+    T* o = op + i * U;
+#pragma omp simd
+    for (int64_t j = 0; j < U; ++j) o[j] = (r[j] - mp[j]) * sp[j];
+  }
+  if (running_mean.defined()) {  // BatchNorm-style running averages, per unit of fan-in length if given
+    T* rm = running_mean.data_ptr<T>();
+    T* rv = running_var.data_ptr<T>();
+    const T* len = fan_in_norm.defined() ? fan_in_norm.data_ptr<T>() : nullptr;
+    for (int64_t j = 0; j < U; ++j) {
+      const T l = len == nullptr ? T(1) : (len[j] == 0 ? T(1) : len[j]);
+      rm[j] += T(momentum) * (mp[j] / l - rm[j]);
+      rv[j] += T(momentum) * (vp[j] / (l * l) - rv[j]);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> capnorm_forward_(const at::Tensor& z,
+                                                                const c10::optional<at::Tensor>& running_mean,
+                                                                const c10::optional<at::Tensor>& running_var,
+                                                                const c10::optional<at::Tensor>& fan_in_norm,
+                                                                double momentum) {
+  TORCH_CHECK(z.dim() == 2 && z.is_contiguous() && z.device().is_cpu(), "capnorm_forward_: z must be a contiguous 2-D CPU tensor");
+  const int64_t U = z.size(1);
+  at::Tensor rm = running_mean.value_or(at::Tensor()), rv = running_var.value_or(at::Tensor()),
+             len = fan_in_norm.value_or(at::Tensor());
+  for (const at::Tensor* t : {&rm, &rv, &len}) {
+    TORCH_CHECK(!t->defined() || (t->numel() == U && t->is_contiguous() && t->scalar_type() == z.scalar_type()),
+                "capnorm_forward_: running statistics and fan-in lengths must be contiguous, one per unit, of z's dtype");
+  }
+  TORCH_CHECK(rm.defined() == rv.defined(), "capnorm_forward_: give both running statistics or neither");
+  at::Tensor out = at::empty_like(z), mean = at::empty({U}, z.options()), var = at::empty({U}, z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "capnorm_forward_", [&] {
+    capnorm_forward_impl<scalar_t>(z, out, mean, var, rm, rv, len, momentum);
+  });
+  return {out, mean, var};
+}
+
+// dz = s (dy - mean(dy) - k out mean(dy out)), s = 1 / max(sigma, 1), k = [var > 1]
+template <typename T>
+void capnorm_backward_impl(const at::Tensor& dy, const at::Tensor& out, const at::Tensor& var, at::Tensor& dz) {
+  const int64_t B = out.size(0), U = out.size(1);
+  const T* g = dy.data_ptr<T>();
+  const T* o = out.data_ptr<T>();
+  const T* v = var.data_ptr<T>();
+  T* d = dz.data_ptr<T>();
+  std::vector<T> mean_dy(U, T(0)), projection(U, T(0)), scale(U);
+  T* md = mean_dy.data();
+  T* pr = projection.data();
+  for (int64_t i = 0; i < B; ++i) {
+    const T* gr = g + i * U;
+    const T* orow = o + i * U;
+#pragma omp simd
+    for (int64_t j = 0; j < U; ++j) {
+      md[j] += gr[j];
+      pr[j] += gr[j] * orow[j];
+    }
+  }
+  for (int64_t j = 0; j < U; ++j) {
+    md[j] /= T(B);
+    pr[j] = v[j] > 1 ? pr[j] / T(B) : T(0);
+    scale[j] = T(1) / std::sqrt(std::max(v[j], T(1)));
+  }
+  const T* sp = scale.data();
+  for (int64_t i = 0; i < B; ++i) {
+    const T* gr = g + i * U;
+    const T* orow = o + i * U;
+    T* dr = d + i * U;
+#pragma omp simd
+    for (int64_t j = 0; j < U; ++j) dr[j] = (gr[j] - md[j] - orow[j] * pr[j]) * sp[j];
+  }
+}
+
+at::Tensor capnorm_backward(const at::Tensor& dy_in, const at::Tensor& out, const at::Tensor& var) {
+  const at::Tensor dy = dy_in.contiguous();
+  TORCH_CHECK(dy.sizes() == out.sizes() && out.is_contiguous() && var.numel() == out.size(1) &&
+                  dy.scalar_type() == out.scalar_type() && var.scalar_type() == out.scalar_type(),
+              "capnorm_backward: dy and out must have one shape and dtype, var one value per unit");
+  at::Tensor dz = at::empty_like(out);
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "capnorm_backward",
+                             [&] { capnorm_backward_impl<scalar_t>(dy, out, var, dz); });
+  return dz;
+}
+
+// ------------------------------------------------------------------------------------ dead units
+// Number of all-zero rows (fan-ins shrunk to exactly zero) of each weight: the per-step check
+// before removal (Algorithm 1 lines 18-19) without a tensor op per layer.
+std::vector<int64_t> count_zero_rows(at::TensorList weights) {
+  std::vector<int64_t> counts;
+  for (const at::Tensor& w_in : weights) {
+    const at::Tensor w = w_in.contiguous();
+    TORCH_CHECK(w.dim() == 2 && w.device().is_cpu(), "count_zero_rows: weights must be 2-D CPU tensors");
+    int64_t count = 0;
+    AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "count_zero_rows", [&] {
+      const scalar_t* p = w.data_ptr<scalar_t>();
+      const int64_t m = w.size(0), n = w.size(1);
+      for (int64_t i = 0; i < m; ++i) {
+        const scalar_t* r = p + i * n;
+        count += std::all_of(r, r + n, [](scalar_t v) { return v == 0; });
+      }
+    });
+    counts.push_back(count);
+  }
+  return counts;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(npnn, m) {
+  m.def("adarad_step_(Tensor(a!)[] weights, Tensor[] grads, Tensor(b!)[] phibar, Tensor(c!)[] c, "
+        "Tensor(d!) phi_max, Tensor(e!) c_max, float alpha_r, float alpha_phi, float beta, float eps, float tau) -> ()");
+  m.def("capnorm_forward_(Tensor z, Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor? fan_in_norm, "
+        "float momentum) -> (Tensor, Tensor, Tensor)");
+  m.def("capnorm_backward(Tensor dy, Tensor out, Tensor var) -> Tensor");
+  m.def("count_zero_rows(Tensor[] weights) -> int[]");
+}
+
+TORCH_LIBRARY_IMPL(npnn, CPU, m) {
+  m.impl("adarad_step_", &adarad_step_);
+  m.impl("capnorm_forward_", &capnorm_forward_);
+  m.impl("capnorm_backward", &capnorm_backward);
+  m.impl("count_zero_rows", &count_zero_rows);
+}

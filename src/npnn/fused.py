@@ -1,0 +1,111 @@
+"""Fused CPU kernels (``csrc/fused.cpp``), compiled on first use.
+
+AdaRad in eager PyTorch needs three row reductions and two passes per weight plus ~30
+small ops on per-row vectors, CapNorm about eight ops each way; on CPU that per-call
+overhead, not arithmetic, dominates. ``torch.ops.npnn.adarad_step_`` does the whole
+AdaRad step in two passes over memory; ``capnorm_forward_`` / ``capnorm_backward`` do
+CapNorm (with its running-statistics update) in two or three.
+
+The kernels are built with ``torch.utils.cpp_extension`` (a C++ compiler and ninja; the
+``ninja`` package is a dependency) into torch's extension cache (``TORCH_EXTENSIONS_DIR``,
+default ``~/.cache/torch_extensions``): about half a minute once per machine and torch
+version, then a load of a few milliseconds. Where the build fails (no compiler), npnn says
+so once and uses the eager implementation, which is the reference and gives the same result
+to rounding. ``NPNN_FUSED=0`` switches the kernels off.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "load", "disabled_by_env", "use", "active"]
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("csrc") / "fused.cpp"
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "ok": bool, "error": str
+_switch = {"on": True}
+
+
+def disabled_by_env() -> bool:
+    return os.environ.get("NPNN_FUSED", "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def _ninja_on_path() -> None:
+    """torch's builder runs ``ninja`` from PATH; the pip package's binary may not be on it."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja  # noqa: PLC0415
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+def _build(verbose: bool) -> None:
+    from torch.utils.cpp_extension import load as build  # noqa: PLC0415
+
+    # -fopenmp-simd: vectorise the row reductions (no OpenMP runtime); no -march=native, so a build
+    # cache shared by the nodes of a cluster runs on all of them
+    build(name="npnn_fused", sources=[str(_SOURCE)], extra_cflags=["-O3", "-fopenmp-simd"],
+          is_python_module=False, verbose=verbose)
+
+
+def load() -> bool:
+    """Build (once) and load the kernels; True if ``torch.ops.npnn`` has them. Never raises."""
+    if "ok" in _state:
+        return bool(_state["ok"])
+    with _lock:
+        if "ok" not in _state:
+            if disabled_by_env():
+                _state.update(ok=False, error="NPNN_FUSED=0")
+            else:
+                try:
+                    _ninja_on_path()
+                    log.info("npnn: building the fused CPU kernels (once per machine, about 30 s)")
+                    _build(verbose=False)
+                    _state.update(ok=hasattr(torch.ops.npnn, "adarad_step_"), error="")
+                except Exception as exc:  # no compiler, no ninja, a read-only cache...
+                    _state.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+                    warnings.warn(f"npnn: the fused CPU kernels could not be built ({_state['error'].splitlines()[0]}); "
+                                  f"using the eager implementation (same results, slower). `python -m npnn.fused` "
+                                  f"shows the compiler's output; a C++ compiler and ninja enable the kernels; "
+                                  f"NPNN_FUSED=0 silences this.", stacklevel=2)
+        return bool(_state["ok"])
+
+
+def available() -> bool:
+    """Whether the fused kernels are loaded or can be (builds them if needed)."""
+    return load()
+
+
+def active(t: torch.Tensor) -> bool:
+    """Whether code that has a fused path should take it for ``t``: switched on (see :func:`use`),
+    a float32 / float64 CPU tensor, and the kernels are available."""
+    return _switch["on"] and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and load()
+
+
+@contextmanager
+def use(on: bool):
+    """``with npnn.fused.use(False):`` runs CapNorm and ``AdaRad(fused=None)`` on the eager reference path."""
+    before, _switch["on"] = _switch["on"], bool(on)
+    try:
+        yield
+    finally:
+        _switch["on"] = before
+
+
+if __name__ == "__main__":  # python -m npnn.fused: build verbosely and say whether the kernels work
+    if disabled_by_env():
+        raise SystemExit("NPNN_FUSED=0 is set: the fused kernels are switched off")
+    _ninja_on_path()
+    _build(verbose=True)
+    print(f"npnn fused kernels: {'ready' if load() else 'NOT available: ' + str(_state['error'])}")

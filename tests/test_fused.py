@@ -1,0 +1,138 @@
+"""The fused CPU kernels (npnn.fused) against the eager reference code they replace."""
+import copy
+import os
+
+import pytest
+import torch
+
+import npnn.fused
+from npnn.nn import CapNorm, NonparametricMLP
+from npnn.optim import AdaRad
+
+pytestmark = pytest.mark.skipif(npnn.fused.disabled_by_env(), reason="NPNN_FUSED=0")
+
+
+def test_the_kernels_build_here():
+    """CI machines have a compiler: the fast path, not the fallback, is what the other tests exercise."""
+    assert npnn.fused.load(), npnn.fused._state.get("error")
+    assert npnn.fused.active(torch.zeros(1)) and npnn.fused.active(torch.zeros(1, dtype=torch.float64))
+    assert not npnn.fused.active(torch.zeros(1, dtype=torch.float16))
+    with npnn.fused.use(False):
+        assert not npnn.fused.active(torch.zeros(1))
+    assert npnn.fused.active(torch.zeros(1))
+
+
+def make_problem(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(30, 10), (25, 30), (20, 25), (2, 20)]
+    weights = [torch.nn.Parameter(torch.randn(*s, generator=g, dtype=dtype) / s[1] ** 0.5) for s in shapes]
+    with torch.no_grad():
+        weights[1][3] = 0  # a dead row stays zero
+        weights[2][5] *= 1e-4  # a short row: shrunk to zero within the run
+    return weights
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_adarad_fused_step_equals_the_eager_step(dtype, tol):
+    hp = dict(alpha_r=200.0, alpha_phi=30.0, lam=1e-3, dataset_size=5000, batch_size=100, eps=1e-8)
+    fused_w, eager_w = make_problem(dtype), make_problem(dtype)
+    fused = AdaRad(fused_w, fused=True, **hp)
+    eager = AdaRad(eager_w, fused=False, **hp)
+    g = torch.Generator().manual_seed(1)
+    for step in range(40):
+        for a, b in zip(fused_w, eager_w):
+            grad = torch.randn(a.shape, generator=g, dtype=dtype) * 10.0 ** (-2 - step % 3)
+            if a.shape == (20, 25):
+                grad[5] = 0  # the short row only shrinks
+            a.grad, b.grad = grad.clone(), grad.clone()
+        batch = 37 if step == 7 else None  # a short batch shrinks less
+        fused.step(batch_size=batch)
+        eager.step(batch_size=batch)
+        for a, b in zip(fused_w, eager_w):
+            torch.testing.assert_close(a.detach(), b.detach(), rtol=tol, atol=tol)
+    assert torch.equal(fused_w[1][3], torch.zeros_like(fused_w[1][3]))
+    assert torch.equal(fused_w[2][5], torch.zeros_like(fused_w[2][5]))  # shrunk to exactly zero by both
+    assert torch.equal(eager_w[2][5], torch.zeros_like(eager_w[2][5]))
+    torch.testing.assert_close(fused.phi_max, eager.phi_max, rtol=tol, atol=0.0)
+    torch.testing.assert_close(fused.c_max, eager.c_max, rtol=tol, atol=0.0)
+    for a, b in zip(fused_w, eager_w):
+        for key in ("phibar", "c"):
+            torch.testing.assert_close(fused.state[a][key], eager.state[b][key], rtol=tol, atol=0.0)
+
+
+def test_adarad_takes_the_eager_path_where_the_kernel_does_not_apply():
+    w = make_problem(torch.float64)
+    opt = AdaRad([{"params": w[:2]}, {"params": w[2:], "alpha_phi": 3.0}], alpha_r=1.0, alpha_phi=30.0,
+                 dataset_size=100)
+    for p in w:
+        p.grad = torch.ones_like(p) * 1e-3
+    opt.step()  # two sets of hyperparameters: eager (no error)
+    assert opt._fused_step(None) is False
+    strict = AdaRad([{"params": w[:2]}, {"params": w[2:], "alpha_phi": 3.0}], alpha_r=1.0, alpha_phi=30.0,
+                    dataset_size=100, fused=True)
+    with pytest.raises(RuntimeError, match="different hyperparameters"):
+        strict.step()
+    with pytest.raises(ValueError, match="fused"):
+        AdaRad(w, alpha_r=1.0, alpha_phi=1.0, dataset_size=10, fused="yes")
+
+
+def test_adarad_state_dict_moves_between_the_two_paths():
+    hp = dict(alpha_r=200.0, alpha_phi=30.0, lam=1e-3, dataset_size=5000, batch_size=100)
+    w = make_problem(torch.float64)
+    opt = AdaRad(w, fused=True, **hp)
+    for p in w:
+        p.grad = torch.full_like(p, 1e-3)
+    opt.step()
+    w2 = copy.deepcopy(w)
+    opt2 = AdaRad(w2, fused=False, **hp)
+    opt2.load_state_dict(opt.state_dict())
+    for p, q in zip(w, w2):
+        p.grad = torch.full_like(p, -2e-3)
+        q.grad = p.grad.clone()
+    opt.step()
+    opt2.step()
+    for p, q in zip(w, w2):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_capnorm_fused_forward_backward_and_running_stats_equal_eager(dtype, tol):
+    g = torch.Generator().manual_seed(0)
+    scales = torch.tensor([0.1, 0.5, 0.999, 1.001, 2.0, 7.0, 0.0], dtype=dtype)  # below, at and above the cap
+    z = torch.randn(300, 7, generator=g, dtype=dtype) * scales + 3.0
+    dy = torch.randn(300, 7, generator=g, dtype=dtype)
+    lengths = torch.tensor([1.0, 0.5, 2.0, 0.0, 1.5, 3.0, 0.0], dtype=dtype)  # a zero fan-in stores 0
+    results = []
+    for on in (True, False):
+        norm = CapNorm(7, momentum=0.3).to(dtype)
+        zz = z.clone().requires_grad_(True)
+        with npnn.fused.use(on):
+            out = norm(zz, lengths)
+            out.backward(dy)
+        results.append((out.detach(), zz.grad, norm.running_mean.clone(), norm.running_var.clone()))
+    for fused, eager in zip(*results):
+        torch.testing.assert_close(fused, eager, rtol=tol, atol=tol)
+    assert torch.isfinite(results[0][1]).all()
+
+
+def test_count_zero_rows_finds_what_removal_removes():
+    net = NonparametricMLP(6, [8, 7, 5], 3, generator=torch.Generator().manual_seed(0)).double()
+    with torch.no_grad():
+        net.linears[0].weight[[1, 6]] = 0
+        net.linears[2].weight[4] = -0.0  # negative zero is zero
+        net.linears[1].weight[2, :-1] = 0  # one nonzero entry left: alive
+    counts = torch.ops.npnn.count_zero_rows([lin.weight.detach() for lin in net.linears])
+    assert list(counts) == [2, 0, 1, 0]
+    eager = copy.deepcopy(net)
+    assert net.remove_dead_units(step=3) == [2, 0, 1]
+    with npnn.fused.use(False):
+        assert eager.remove_dead_units(step=3) == [2, 0, 1]
+    assert net.hidden_sizes == eager.hidden_sizes == [6, 7, 4]
+
+
+def test_env_switch_is_read(monkeypatch):
+    monkeypatch.setenv("NPNN_FUSED", "0")
+    assert npnn.fused.disabled_by_env()
+    monkeypatch.setenv("NPNN_FUSED", "1")
+    assert not npnn.fused.disabled_by_env()
+    assert os.environ["NPNN_FUSED"] == "1"
