@@ -95,8 +95,9 @@ def test_adarad_state_dict_moves_between_the_two_paths():
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_capnorm_fused_forward_backward_and_running_stats_equal_eager(dtype, tol):
+def test_capnorm_fused_forward_backward_and_running_stats_equal_eager(dtype, tol, relu):
     g = torch.Generator().manual_seed(0)
     scales = torch.tensor([0.1, 0.5, 0.999, 1.001, 2.0, 7.0, 0.0], dtype=dtype)  # below, at and above the cap
     z = torch.randn(300, 7, generator=g, dtype=dtype) * scales + 3.0
@@ -107,12 +108,28 @@ def test_capnorm_fused_forward_backward_and_running_stats_equal_eager(dtype, tol
         norm = CapNorm(7, momentum=0.3).to(dtype)
         zz = z.clone().requires_grad_(True)
         with npnn.fused.use(on):
-            out = norm(zz, lengths)
+            out = norm(zz, lengths, relu=relu)
             out.backward(dy)
-        results.append((out.detach(), zz.grad, norm.running_mean.clone(), norm.running_var.clone()))
+            norm.eval()
+            with torch.no_grad():
+                evaluated = norm(z, lengths, relu=relu)
+        results.append((out.detach(), zz.grad, norm.running_mean.clone(), norm.running_var.clone(), evaluated))
     for fused, eager in zip(*results):
         torch.testing.assert_close(fused, eager, rtol=tol, atol=tol)
     assert torch.isfinite(results[0][1]).all()
+    if relu:
+        assert (results[0][0] >= 0).all() and (results[0][0] == 0).any() and (results[0][4] == 0).any()
+
+
+def test_capnorm_relu_gradient_matches_autograd_of_the_formula():
+    z = (torch.randn(200, 5, dtype=torch.float64) * torch.tensor([0.3, 0.9, 1.2, 3.0, 6.0], dtype=torch.float64))
+    z.requires_grad_(True)
+    g = torch.randn(200, 5, dtype=torch.float64)
+    mu = z.mean(0)
+    sigma = ((z - mu) ** 2).mean(0).sqrt()
+    expected = torch.autograd.grad(torch.relu((z - mu) / torch.maximum(sigma, torch.ones_like(sigma))), z, g)[0]
+    got = torch.autograd.grad(CapNorm(5, eval_stats="batch").double()(z, relu=True), z, g)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_count_zero_rows_finds_what_removal_removes():

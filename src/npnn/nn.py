@@ -26,40 +26,45 @@ GROWABLE_NORMS = ("capnorm", "none")
 
 
 class _CapNormBatch(torch.autograd.Function):
-    """CapNorm with batch statistics, ``(z - mu) * max(var, 1)^(-1/2)``, with a fused backward,
-    and the running-statistics update (if ``running_mean`` is given) in the same call.
+    """CapNorm with batch statistics, ``xhat = (z - mu) * max(var, 1)^(-1/2)``, optionally followed
+    by ReLU, with a fused backward, and the running-statistics update (if ``running_mean`` is
+    given) in the same call.
 
-    Backward, with ``xhat`` the output, ``s = max(var, 1)^(-1/2)`` and ``k = [var > 1]`` per
-    unit: ``dz = s (dy - mean(dy) - k xhat mean(dy xhat))`` (below the cap only the centring
-    acts). On CPU both directions run as one kernel each (:mod:`npnn.fused`) where available;
-    the eager code below is the reference.
+    Backward, with ``s = max(var, 1)^(-1/2)``, ``k = [var > 1]`` per unit and ``e = dy`` (after a
+    ReLU: ``dy [xhat > 0]``): ``dz = s (e - mean(e) - k xhat mean(e xhat))`` (below the cap only
+    the centring acts). On CPU both directions run as one kernel each (:mod:`npnn.fused`) where
+    available; the eager code below is the reference.
     """
 
     @staticmethod
     def forward(ctx, z: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
-                fan_in_norm: Tensor | None, momentum: float) -> Tensor:
-        ctx.fused = npnn_fused.active(z)
+                fan_in_norm: Tensor | None, momentum: float, relu: bool) -> Tensor:
+        ctx.fused, ctx.relu = npnn_fused.active(z), relu
         if ctx.fused:
-            out, mean, var = torch.ops.npnn.capnorm_forward_(z.contiguous(), running_mean, running_var,
-                                                             fan_in_norm, momentum)
+            out, xhat, var = torch.ops.npnn.capnorm_forward_(z.contiguous(), running_mean, running_var,
+                                                             fan_in_norm, momentum, relu)
         else:
             mean = z.mean(0)
             centred = z - mean
             var = (centred * centred).mean(0)  # two passes: much faster on CPU than z.var(0)
-            out = centred * var.clamp_min(1.0).rsqrt()
+            xhat = centred * var.clamp_min(1.0).rsqrt()
+            out = F.relu(xhat) if relu else xhat
             if running_mean is not None:
                 _update_running(running_mean, running_var, mean, var, fan_in_norm, momentum)
-        ctx.save_for_backward(out, var)
+        ctx.save_for_backward(xhat, var)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dy: Tensor, *_):
-        out, var = ctx.saved_tensors
+    def backward(ctx, dy: Tensor):
+        xhat, var = ctx.saved_tensors
         if ctx.fused:
-            return torch.ops.npnn.capnorm_backward(dy, out, var), None, None, None, None
-        projection = (dy * out).mean(0) * (var > 1)
-        return (dy - dy.mean(0) - out * projection) * var.clamp_min(1.0).rsqrt(), None, None, None, None
+            dz = torch.ops.npnn.capnorm_backward(dy, xhat, var, ctx.relu)
+        else:
+            e = dy * (xhat > 0) if ctx.relu else dy
+            projection = (e * xhat).mean(0) * (var > 1)
+            dz = (e - e.mean(0) - xhat * projection) * var.clamp_min(1.0).rsqrt()
+        return dz, None, None, None, None, None
 
 
 @torch.no_grad()
@@ -110,18 +115,23 @@ class CapNorm(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eval_stats={self.eval_stats!r}, momentum={self.momentum}"
 
-    def forward(self, z: Tensor, fan_in_norm: Tensor | None = None) -> Tensor:
+    def forward(self, z: Tensor, fan_in_norm: Tensor | None = None, relu: bool = False) -> Tensor:
+        """CapNorm of ``z`` (batch, units); ``relu=True`` also applies the ReLU that follows it in a
+        hidden layer (one fused kernel on CPU)."""
         if z.shape[1] == 0:  # a layer that lost all its units
             return z
         if self.training or self.eval_stats == "batch":
             if self.training and self.eval_stats == "running":
-                return _CapNormBatch.apply(z, self.running_mean, self.running_var, fan_in_norm, self.momentum)
-            return _CapNormBatch.apply(z, None, None, None, 0.0)
+                return _CapNormBatch.apply(z, self.running_mean, self.running_var, fan_in_norm, self.momentum, relu)
+            return _CapNormBatch.apply(z, None, None, None, 0.0, relu)
         mean, var = self.running_mean, self.running_var
         if fan_in_norm is not None:
             mean, var = mean * fan_in_norm, var * fan_in_norm.square()
+        if npnn_fused.active(z) and not (z.requires_grad and torch.is_grad_enabled()):
+            return torch.ops.npnn.capnorm_eval(z, mean, var, relu)
         # (z - mean) / max(sigma, 1), as one BatchNorm inference kernel: var capped at 1, eps = 0
-        return F.batch_norm(z, mean, var.clamp_min(1.0), training=False, eps=0.0)
+        out = F.batch_norm(z, mean, var.clamp_min(1.0), training=False, eps=0.0)
+        return F.relu(out) if relu else out
 
     @torch.no_grad()
     def fan_ins_rescaled(self, old_lengths: Tensor, new_lengths: Tensor) -> None:
@@ -271,10 +281,16 @@ class NonparametricMLP(nn.Module):
         h = x
         for l, lin in enumerate(self.linears):
             z = F.linear(h, lin.weight)
-            if l < len(self.norms):
-                norm = self.norms[l]
-                z = norm(z, lin.weight.detach().norm(dim=1)) if isinstance(norm, CapNorm) else norm(z)
-            if l < self.num_hidden_layers:
+            hidden = l < self.num_hidden_layers
+            norm = self.norms[l] if l < len(self.norms) else None
+            if isinstance(norm, CapNorm):  # CapNorm and the ReLU after it: one kernel
+                z = norm(z, lin.weight.detach().norm(dim=1), relu=hidden)
+                if hidden:
+                    h = z
+                    continue
+            elif norm is not None:
+                z = norm(z)
+            if hidden:
                 h = F.relu(z)
         return z
 

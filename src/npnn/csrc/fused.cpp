@@ -2,8 +2,9 @@
 //
 // npnn::adarad_step_       one AdaRad step (Algorithm 1 lines 11-17) over all weights of a parameter
 //                          group in two passes over memory, instead of ~60 eager tensor ops.
-// npnn::capnorm_forward_   CapNorm with batch statistics (section 3.2) and the running-statistics
-// npnn::capnorm_backward   update, and its backward; one or two passes instead of ~8 ops each.
+// npnn::capnorm_forward_   CapNorm with batch statistics (section 3.2), the running-statistics
+// npnn::capnorm_backward   update and optionally the ReLU after it, and the backward of both;
+// npnn::capnorm_eval       and evaluation with stored statistics: a few passes instead of ~10 ops.
 // npnn::count_zero_rows    all-zero rows per weight (dead units), one call for all layers.
 //
 // The arithmetic is that of the eager code in npnn.optim.AdaRad and npnn.nn (the reference;
@@ -132,36 +133,33 @@ void adarad_step_(at::TensorList weights, at::TensorList grads, at::TensorList p
 }
 
 // ------------------------------------------------------------------------------------------ CapNorm
-// z: (batch, units), row-major. Column statistics are accumulated row by row (vectorised over units).
+// z: (batch, units), row-major. Column statistics are accumulated row by row (vectorised over
+// units). relu = true also applies the ReLU that follows CapNorm in a hidden layer.
 
 template <typename T>
-void column_means(const T* x, int64_t rows, int64_t cols, T* out) {
-  std::fill(out, out + cols, T(0));
-  for (int64_t i = 0; i < rows; ++i) {
-    const T* r = x + i * cols;
-#pragma omp simd
-    for (int64_t j = 0; j < cols; ++j) out[j] += r[j];
-  }
-  for (int64_t j = 0; j < cols; ++j) out[j] /= T(rows);
-}
-
-template <typename T>
-void capnorm_forward_impl(const at::Tensor& z, at::Tensor& out, at::Tensor& mean, at::Tensor& var,
-                          const at::Tensor& running_mean, const at::Tensor& running_var,
-                          const at::Tensor& fan_in_norm, double momentum) {
+void capnorm_forward_impl(const at::Tensor& z, at::Tensor& xhat, at::Tensor& out, at::Tensor& mean,
+                          at::Tensor& var, const at::Tensor& running_mean, const at::Tensor& running_var,
+                          const at::Tensor& fan_in_norm, double momentum, bool relu) {
   const int64_t B = z.size(0), U = z.size(1);
   const T* zp = z.data_ptr<T>();
+  T* xp = xhat.data_ptr<T>();
   T* op = out.data_ptr<T>();
   T* mp = mean.data_ptr<T>();
   T* vp = var.data_ptr<T>();
-  column_means(zp, B, U, mp);
-  std::vector<T> scale(U);
+  std::fill(mp, mp + U, T(0));
   std::fill(vp, vp + U, T(0));
+  for (int64_t i = 0; i < B; ++i) {
+    const T* r = zp + i * U;
+#pragma omp simd
+    for (int64_t j = 0; j < U; ++j) mp[j] += r[j];
+  }
+  for (int64_t j = 0; j < U; ++j) mp[j] /= T(B);
   for (int64_t i = 0; i < B; ++i) {  // two passes: the variance of the centred values
     const T* r = zp + i * U;
 #pragma omp simd
     for (int64_t j = 0; j < U; ++j) vp[j] += (r[j] - mp[j]) * (r[j] - mp[j]);
   }
+  std::vector<T> scale(U);
   for (int64_t j = 0; j < U; ++j) {
     vp[j] /= T(B);
     scale[j] = T(1) / std::sqrt(std::max(vp[j], T(1)));  // 1 / max(sigma, 1)
@@ -169,27 +167,36 @@ void capnorm_forward_impl(const at::Tensor& z, at::Tensor& out, at::Tensor& mean
   const T* sp = scale.data();
   for (int64_t i = 0; i < B; ++i) {
     const T* r = zp + i * U;
-    T* o = op + i * U;
+    T* x = xp + i * U;
 #pragma omp simd
-    for (int64_t j = 0; j < U; ++j) o[j] = (r[j] - mp[j]) * sp[j];
+    for (int64_t j = 0; j < U; ++j) x[j] = (r[j] - mp[j]) * sp[j];
+    if (relu) {
+      T* o = op + i * U;
+#pragma omp simd
+      for (int64_t j = 0; j < U; ++j) {
+        const T xv = x[j];
+        o[j] = xv < 0 ? T(0) : xv;  // NaN stays NaN, as in torch.relu
+      }
+    }
   }
   if (running_mean.defined()) {  // BatchNorm-style running averages, per unit of fan-in length if given
     T* rm = running_mean.data_ptr<T>();
     T* rv = running_var.data_ptr<T>();
     const T* len = fan_in_norm.defined() ? fan_in_norm.data_ptr<T>() : nullptr;
     for (int64_t j = 0; j < U; ++j) {
-      const T l = len == nullptr ? T(1) : (len[j] == 0 ? T(1) : len[j]);
+      const T l = len == nullptr ? T(1) : (len[j] == 0 ? T(1) : len[j]);  // a zero fan-in (z = 0) stores 0
       rm[j] += T(momentum) * (mp[j] / l - rm[j]);
       rv[j] += T(momentum) * (vp[j] / (l * l) - rv[j]);
     }
   }
 }
 
+// returns (out, xhat, var): out = xhat, or relu(xhat); xhat = (z - mean) / max(sigma, 1)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> capnorm_forward_(const at::Tensor& z,
                                                                 const c10::optional<at::Tensor>& running_mean,
                                                                 const c10::optional<at::Tensor>& running_var,
                                                                 const c10::optional<at::Tensor>& fan_in_norm,
-                                                                double momentum) {
+                                                                double momentum, bool relu) {
   TORCH_CHECK(z.dim() == 2 && z.is_contiguous() && z.device().is_cpu(), "capnorm_forward_: z must be a contiguous 2-D CPU tensor");
   const int64_t U = z.size(1);
   at::Tensor rm = running_mean.value_or(at::Tensor()), rv = running_var.value_or(at::Tensor()),
@@ -199,57 +206,118 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> capnorm_forward_(const at::Tensor
                 "capnorm_forward_: running statistics and fan-in lengths must be contiguous, one per unit, of z's dtype");
   }
   TORCH_CHECK(rm.defined() == rv.defined(), "capnorm_forward_: give both running statistics or neither");
-  at::Tensor out = at::empty_like(z), mean = at::empty({U}, z.options()), var = at::empty({U}, z.options());
+  at::Tensor xhat = at::empty_like(z), out = relu ? at::empty_like(z) : xhat;
+  at::Tensor mean = at::empty({U}, z.options()), var = at::empty({U}, z.options());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "capnorm_forward_", [&] {
-    capnorm_forward_impl<scalar_t>(z, out, mean, var, rm, rv, len, momentum);
+    capnorm_forward_impl<scalar_t>(z, xhat, out, mean, var, rm, rv, len, momentum, relu);
   });
-  return {out, mean, var};
+  return {out, xhat, var};
 }
 
-// dz = s (dy - mean(dy) - k out mean(dy out)), s = 1 / max(sigma, 1), k = [var > 1]
+// with e = dy (or dy [xhat > 0] after a ReLU): dz = s (e - mean(e) - k xhat mean(e xhat)),
+// s = 1 / max(sigma, 1), k = [var > 1]
 template <typename T>
-void capnorm_backward_impl(const at::Tensor& dy, const at::Tensor& out, const at::Tensor& var, at::Tensor& dz) {
-  const int64_t B = out.size(0), U = out.size(1);
+void capnorm_backward_impl(const at::Tensor& dy, const at::Tensor& xhat, const at::Tensor& var, bool relu,
+                           at::Tensor& dz) {
+  const int64_t B = xhat.size(0), U = xhat.size(1);
   const T* g = dy.data_ptr<T>();
-  const T* o = out.data_ptr<T>();
+  const T* xp = xhat.data_ptr<T>();
   const T* v = var.data_ptr<T>();
   T* d = dz.data_ptr<T>();
-  std::vector<T> mean_dy(U, T(0)), projection(U, T(0)), scale(U);
-  T* md = mean_dy.data();
+  std::vector<T> mean_e(U, T(0)), projection(U, T(0)), scale(U);
+  T* me = mean_e.data();
   T* pr = projection.data();
   for (int64_t i = 0; i < B; ++i) {
     const T* gr = g + i * U;
-    const T* orow = o + i * U;
+    const T* x = xp + i * U;
+    if (relu) {
 #pragma omp simd
-    for (int64_t j = 0; j < U; ++j) {
-      md[j] += gr[j];
-      pr[j] += gr[j] * orow[j];
+      for (int64_t j = 0; j < U; ++j) {
+        const T gv = gr[j], xv = x[j];  // loads first: a conditional load blocks vectorisation
+        const T e = xv > 0 ? gv : T(0);
+        me[j] += e;
+        pr[j] += e * xv;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < U; ++j) {
+        me[j] += gr[j];
+        pr[j] += gr[j] * x[j];
+      }
     }
   }
   for (int64_t j = 0; j < U; ++j) {
-    md[j] /= T(B);
+    me[j] /= T(B);
     pr[j] = v[j] > 1 ? pr[j] / T(B) : T(0);
     scale[j] = T(1) / std::sqrt(std::max(v[j], T(1)));
   }
   const T* sp = scale.data();
   for (int64_t i = 0; i < B; ++i) {
     const T* gr = g + i * U;
-    const T* orow = o + i * U;
+    const T* x = xp + i * U;
     T* dr = d + i * U;
+    if (relu) {
 #pragma omp simd
-    for (int64_t j = 0; j < U; ++j) dr[j] = (gr[j] - md[j] - orow[j] * pr[j]) * sp[j];
+      for (int64_t j = 0; j < U; ++j) {
+        const T gv = gr[j], xv = x[j];
+        dr[j] = ((xv > 0 ? gv : T(0)) - me[j] - xv * pr[j]) * sp[j];
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < U; ++j) dr[j] = (gr[j] - me[j] - x[j] * pr[j]) * sp[j];
+    }
   }
 }
 
-at::Tensor capnorm_backward(const at::Tensor& dy_in, const at::Tensor& out, const at::Tensor& var) {
+at::Tensor capnorm_backward(const at::Tensor& dy_in, const at::Tensor& xhat, const at::Tensor& var, bool relu) {
   const at::Tensor dy = dy_in.contiguous();
-  TORCH_CHECK(dy.sizes() == out.sizes() && out.is_contiguous() && var.numel() == out.size(1) &&
-                  dy.scalar_type() == out.scalar_type() && var.scalar_type() == out.scalar_type(),
-              "capnorm_backward: dy and out must have one shape and dtype, var one value per unit");
-  at::Tensor dz = at::empty_like(out);
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "capnorm_backward",
-                             [&] { capnorm_backward_impl<scalar_t>(dy, out, var, dz); });
+  TORCH_CHECK(dy.sizes() == xhat.sizes() && xhat.is_contiguous() && var.numel() == xhat.size(1) &&
+                  dy.scalar_type() == xhat.scalar_type() && var.scalar_type() == xhat.scalar_type(),
+              "capnorm_backward: dy and xhat must have one shape and dtype, var one value per unit");
+  at::Tensor dz = at::empty_like(xhat);
+  AT_DISPATCH_FLOATING_TYPES(xhat.scalar_type(), "capnorm_backward",
+                             [&] { capnorm_backward_impl<scalar_t>(dy, xhat, var, relu, dz); });
   return dz;
+}
+
+// evaluation with stored statistics: (z - mean) / sqrt(max(var, 1)), then ReLU if relu; one pass
+template <typename T>
+void capnorm_eval_impl(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& var, bool relu, at::Tensor& out) {
+  const int64_t B = z.size(0), U = z.size(1);
+  const T* zp = z.data_ptr<T>();
+  const T* mp = mean.data_ptr<T>();
+  const T* vp = var.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  std::vector<T> scale(U);
+  for (int64_t j = 0; j < U; ++j) scale[j] = T(1) / std::sqrt(std::max(vp[j], T(1)));
+  const T* sp = scale.data();
+  at::parallel_for(0, B, std::max<int64_t>(1, 32768 / std::max<int64_t>(U, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const T* r = zp + i * U;
+      T* o = op + i * U;
+      if (relu) {
+#pragma omp simd
+        for (int64_t j = 0; j < U; ++j) {
+          const T v = (r[j] - mp[j]) * sp[j];
+          o[j] = v < 0 ? T(0) : v;  // NaN stays NaN, as in torch.relu
+        }
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < U; ++j) o[j] = (r[j] - mp[j]) * sp[j];
+      }
+    }
+  });
+}
+
+at::Tensor capnorm_eval(const at::Tensor& z_in, const at::Tensor& mean, const at::Tensor& var, bool relu) {
+  const at::Tensor z = z_in.contiguous();
+  TORCH_CHECK(z.dim() == 2 && z.device().is_cpu() && mean.numel() == z.size(1) && var.numel() == z.size(1) &&
+                  mean.is_contiguous() && var.is_contiguous() && mean.scalar_type() == z.scalar_type() &&
+                  var.scalar_type() == z.scalar_type(),
+              "capnorm_eval: z must be 2-D on the CPU, mean and var contiguous, one per unit, of z's dtype");
+  at::Tensor out = at::empty_like(z);
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "capnorm_eval", [&] { capnorm_eval_impl<scalar_t>(z, mean, var, relu, out); });
+  return out;
 }
 
 // ------------------------------------------------------------------------------------ dead units
@@ -280,8 +348,9 @@ TORCH_LIBRARY(npnn, m) {
   m.def("adarad_step_(Tensor(a!)[] weights, Tensor[] grads, Tensor(b!)[] phibar, Tensor(c!)[] c, "
         "Tensor(d!) phi_max, Tensor(e!) c_max, float alpha_r, float alpha_phi, float beta, float eps, float tau) -> ()");
   m.def("capnorm_forward_(Tensor z, Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor? fan_in_norm, "
-        "float momentum) -> (Tensor, Tensor, Tensor)");
-  m.def("capnorm_backward(Tensor dy, Tensor out, Tensor var) -> Tensor");
+        "float momentum, bool relu) -> (Tensor, Tensor, Tensor)");
+  m.def("capnorm_backward(Tensor dy, Tensor xhat, Tensor var, bool relu) -> Tensor");
+  m.def("capnorm_eval(Tensor z, Tensor mean, Tensor var, bool relu) -> Tensor");
   m.def("count_zero_rows(Tensor[] weights) -> int[]");
 }
 
@@ -289,5 +358,6 @@ TORCH_LIBRARY_IMPL(npnn, CPU, m) {
   m.impl("adarad_step_", &adarad_step_);
   m.impl("capnorm_forward_", &capnorm_forward_);
   m.impl("capnorm_backward", &capnorm_backward);
+  m.impl("capnorm_eval", &capnorm_eval);
   m.impl("count_zero_rows", &count_zero_rows);
 }
