@@ -2,6 +2,7 @@
 
     python -m npnn.bench optimizer [--shapes mnist poker] [--rounds 30] [--steps 10]
     python -m npnn.bench epoch [--sizes 23 24 15 4] [--epochs 3]
+    python -m npnn.bench lightning [--sizes 43 44 35 24] [--rounds 5]
 
 ``epoch`` times poker epochs of the app (``python train.py dataset=poker``, starting from
 ``--sizes``) against a plain PyTorch loop training a BatchNorm net of the app's size with
@@ -199,6 +200,71 @@ def bench_epoch(sizes: list[int], epochs: int) -> float:
     return statistics.median(ratios)
 
 
+def bench_lightning(sizes: list[int], rounds: int) -> float:
+    """The cost of Lightning's training loop alone: the plain loop's training steps (BatchNorm net,
+    RMSprop, no validation) as a bare loop and inside a minimal manual-optimization LightningModule,
+    one epoch of each per round, interleaved."""
+    from npnn.data.loaders import PermutationBatches
+    from npnn.data.poker import load_poker
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    splits = load_poker()
+    x, y, n = splits.x_train, splits.y_train, len(splits.y_train)
+
+    def make_net():
+        dims = [splits.num_features, *sizes]
+        layers: list[torch.nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [torch.nn.Linear(a, b, bias=False), torch.nn.BatchNorm1d(b), torch.nn.ReLU()]
+        return torch.nn.Sequential(*layers, torch.nn.Linear(dims[-1], splits.num_classes, bias=False))
+
+    def step(net, opt, xb, yb, backward):
+        loss = torch.nn.functional.cross_entropy(net(xb), yb, reduction="sum") / n
+        opt.zero_grad(set_to_none=True)
+        backward(loss)
+        opt.step()
+
+    class Minimal(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.automatic_optimization = make_net(), False
+
+        def configure_optimizers(self):
+            return torch.optim.RMSprop(self.net.parameters(), lr=1e-3, alpha=0.995, eps=1e-8)
+
+        def training_step(self, batch, batch_idx):
+            step(self.net, self.optimizers(), *batch, self.manual_backward)
+
+    class EpochTimer(pl.Callback):
+        def on_train_epoch_start(self, trainer, module) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, module) -> None:
+            self.seconds = time.perf_counter() - self.start
+
+    bare, light = [], []
+    for r in range(rounds):
+        net = make_net()
+        opt = torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.995, eps=1e-8)
+        start = time.perf_counter()
+        for xb, yb in PermutationBatches(x, y, 1000, seed=r):
+            step(net, opt, xb, yb, lambda loss: loss.backward())
+        bare.append(time.perf_counter() - start)
+        timer = EpochTimer()
+        trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                             callbacks=[timer], accelerator="cpu")
+        trainer.fit(Minimal(), train_dataloaders=PermutationBatches(x, y, 1000, seed=r))
+        light.append(timer.seconds)
+    ratio = statistics.median(l / b for l, b in zip(light, bare))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; poker epoch (800 steps, no validation) of a "
+          f"{'-'.join(map(str, sizes))} BatchNorm net with RMSprop, {rounds} rounds")
+    print(f"bare loop median {statistics.median(bare):.2f} s, inside Lightning median {statistics.median(light):.2f} s, "
+          f"ratio (median over rounds) {ratio:.2f}: Lightning's loop costs "
+          f"{(statistics.median(light) - statistics.median(bare)) / 800 * 1e3:.2f} ms a step")
+    return ratio
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m npnn.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -211,6 +277,10 @@ def main(argv: list[str] | None = None) -> None:
     p_epoch.add_argument("--sizes", type=int, nargs="+", default=[23, 24, 15, 4])
     p_epoch.add_argument("--epochs", type=int, default=3)
     p_epoch.add_argument("--threads", type=int, default=None)
+    p_light = sub.add_parser("lightning", help="Lightning's training loop vs the same steps in a bare loop")
+    p_light.add_argument("--sizes", type=int, nargs="+", default=[43, 44, 35, 24])
+    p_light.add_argument("--rounds", type=int, default=5)
+    p_light.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -218,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_optimizer(args.shapes, args.rounds, args.steps)
     elif args.what == "epoch":
         bench_epoch(args.sizes, args.epochs)
+    elif args.what == "lightning":
+        bench_lightning(args.sizes, args.rounds)
 
 
 if __name__ == "__main__":

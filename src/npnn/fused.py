@@ -87,10 +87,14 @@ def available() -> bool:
     return load()
 
 
+_FUSED_DTYPES = (torch.float32, torch.float64)
+
+
 def active(t: torch.Tensor) -> bool:
     """Whether code that has a fused path should take it for ``t``: switched on (see :func:`use`),
     a float32 / float64 CPU tensor, and the kernels are available."""
-    return _switch["on"] and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and load()
+    return _switch["on"] and not t.is_cuda and t.device.type == "cpu" and t.dtype in _FUSED_DTYPES and \
+        (_state["ok"] if "ok" in _state else load())
 
 
 @contextmanager
