@@ -262,3 +262,48 @@ def test_wandb_logger_works_offline(tmp_path, monkeypatch):
                  "protocol=none")
     main(cfg, run_dir=tmp_path)
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_metrics_are_on_disk_at_every_validation_not_only_at_the_end(tmp_path):
+    import pytorch_lightning as pl
+
+    cfg = config("dataset=synthetic", "lambda=1e-3", "trainer.enable_progress_bar=false", "trainer.max_epochs=3",
+                 "logger=csv")
+    trainer, module, dm = build(cfg, tmp_path)
+    rows_seen = []
+
+    class ReadMetrics(pl.Callback):
+        def on_validation_end(self, trainer, module):
+            if not trainer.sanity_checking:
+                path = tmp_path / "logs" / "version_0" / "metrics.csv"
+                rows_seen.append(len(path.read_text().splitlines()) - 1 if path.exists() else 0)
+
+    trainer.callbacks.append(ReadMetrics())
+    trainer.fit(module, datamodule=dm)
+    assert len(rows_seen) >= 3 and all(n >= i + 1 for i, n in enumerate(rows_seen)), rows_seen
+
+
+def test_last_checkpoint_is_written_at_every_validation(tmp_path):
+    import pytorch_lightning as pl
+
+    cfg = config("dataset=synthetic", "lambda=1e-3", "trainer.enable_progress_bar=false", "trainer.max_epochs=3")
+    trainer, module, dm = build(cfg, tmp_path)
+    seen = []
+
+    class ReadCheckpoint(pl.Callback):  # Lightning runs ModelCheckpoint last: read it at the next batch
+        validated_at = None
+
+        def on_validation_end(self, trainer, module):
+            if not trainer.sanity_checking:
+                self.validated_at = trainer.global_step
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if self.validated_at is not None:
+                ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+                seen.append((ckpt["global_step"], self.validated_at))
+                self.validated_at = None
+
+    trainer.callbacks.append(ReadCheckpoint())
+    trainer.fit(module, datamodule=dm)
+    assert len(seen) >= 2 and all(saved == now for saved, now in seen), seen
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]

@@ -70,7 +70,7 @@ def load() -> bool:
             else:
                 try:
                     _ninja_on_path()
-                    log.info("npnn: building the fused CPU kernels (once per machine, about 30 s)")
+                    log.info("npnn: loading the fused CPU kernels (the first time on a machine: a build of about 30 s)")
                     _build(verbose=False)
                     _state.update(ok=hasattr(torch.ops.npnn, "adarad_step_"), error="")
                 except Exception as exc:  # no compiler, no ninja, a read-only cache...

@@ -193,6 +193,7 @@ class NonparametricModule(pl.LightningModule):
         # floats, and Lightning's self.log costs about a millisecond per key on a CPU
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.global_step)
+            logger.save()  # written now: a run that dies keeps its metrics
         self.val_accuracy.reset(), self.test_accuracy.reset()
         self._val_ce, self._val_n = torch.zeros(()), 0
         self._train_ce, self._train_n = torch.zeros(()), 0

@@ -118,8 +118,10 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
         callbacks.append(instantiate(cfg.protocol))
     callbacks.append(UnitLogger(run_dir, lengths_every=cfg.get("unit_lengths_every", 1)))
     every = cfg.get("checkpoint_every_steps")  # default: at every validation
-    callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-                                     every_n_train_steps=every))
+    # one file, checkpoints/last.ckpt, overwritten at each save (Lightning >= 2.6 writes save_last only
+    # after a top-k save, so the latest checkpoint is the one "top-k" file, named last)
+    callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, monitor=None,
+                                     save_last=False, enable_version_counter=False, every_n_train_steps=every))
     logger = False
     if cfg.logger is not None and cfg.logger.get("_target_"):
         logger = instantiate(cfg.logger, save_dir=str(run_dir))
