@@ -307,3 +307,25 @@ def test_last_checkpoint_is_written_at_every_validation(tmp_path):
     trainer.fit(module, datamodule=dm)
     assert len(seen) >= 2 and all(saved == now for saved, now in seen), seen
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+def test_several_steps_per_call_train_exactly_as_one(tmp_path):
+    """dataset.steps_per_call hands the training step lists of batches: the same optimizer steps, growth,
+    pruning, validations and rewinds, bit for bit, with the trainer's per-call overhead paid less often."""
+    runs = {}
+    for k in (1, 4):
+        cfg = tiny(f"dataset.steps_per_call={k}", "trainer.max_epochs=8", "protocol.patience=2", "lambda=3e-3",
+                   "optimizer.alpha_r=100")
+        trainer, module, dm = build(cfg, tmp_path / str(k))
+        trainer.fit(module, datamodule=dm)
+        assert trainer.num_training_batches == 20 // k
+        runs[k] = module
+    one, four = runs[1], runs[4]
+    assert one.step_count == four.step_count and one.net.hidden_sizes == four.net.hidden_sizes
+    assert one.net.unit_records() == four.net.unit_records()
+    assert any(r["death"] is not None for r in one.net.unit_records())  # pruning happened
+    for (name, a), b in zip(one.net.state_dict().items(), four.net.state_dict().values()):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), name
+    with pytest.raises(ConfigError, match="steps_per_call"):
+        validate_config(tiny("dataset.steps_per_call=0"))

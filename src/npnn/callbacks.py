@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def epochs_to_steps(epochs: float, trainer: pl.Trainer) -> int:
     """A duration in (possibly fractional) epochs, in optimizer steps (at least 1)."""
-    return max(1, round(epochs * trainer.num_training_batches))
+    return max(1, round(epochs * trainer.lightning_module.steps_per_epoch))
 
 
 class Growth(Callback):
@@ -45,13 +45,14 @@ class Growth(Callback):
         self.until = None if until is None else float(until)
         self.generator = torch.Generator().manual_seed(int(seed))
 
-    def on_train_batch_end(self, trainer, module: NonparametricModule, outputs, batch, batch_idx) -> None:
+    def after_step(self, trainer, module: NonparametricModule) -> None:
+        """Called by the module after every optimizer step."""
         opt = module.raw_optimizer
         removed = sum(module.net.remove_dead_units(step=module.step_count, optimizer=opt))
         if removed:
             module.units_removed += removed
             module.last_removal_step = module.step_count
-        if self.until is not None and module.step_count >= round(self.until * trainer.num_training_batches):
+        if self.until is not None and module.step_count >= round(self.until * module.steps_per_epoch):
             self.enabled = False
         if self.enabled and module.step_count % epochs_to_steps(self.every, trainer) == 0:
             module.units_added += sum(module.net.grow(self.rate, step=module.step_count, optimizer=opt,

@@ -40,14 +40,14 @@ def disabled_by_env() -> bool:
 
 
 def _ninja_on_path() -> None:
-    """torch's builder runs ``ninja`` from PATH; the pip package's binary may not be on it."""
-    if shutil.which("ninja"):
-        return
+    """torch's builder runs ``ninja`` from PATH. Put the pip package's binary first, whether or not the
+    environment is activated: two ninja versions alternating on one build directory rebuild it each time."""
     try:
         import ninja  # noqa: PLC0415
     except ImportError:
         return
-    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    if Path(shutil.which("ninja") or "").parent != Path(ninja.BIN_DIR):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
 def _build(verbose: bool) -> None:

@@ -53,6 +53,8 @@ class NonparametricModule(pl.LightningModule):
         self.lam = float(lam)
         self.dataset_size, self.batch_size = int(dataset_size), int(batch_size)
         self._plain_backward = False  # set in on_train_start
+        self._step_callbacks: list = []  # callbacks with after_step(trainer, module), set in on_train_start
+        self.steps_per_epoch = math.ceil(self.dataset_size / self.batch_size)
         self.step_count = 0  # optimizer steps on the protocol's timeline (a rewind sets it back)
         self.last_removal_step = 0
         self.units_added = self.units_removed = 0  # since the last validation
@@ -120,6 +122,7 @@ class NonparametricModule(pl.LightningModule):
         trainer = self.trainer
         self._plain_backward = (str(trainer.precision) in ("32-true", "32", "64-true", "64")
                                 and trainer.world_size == 1 and self.fast_backward)
+        self._step_callbacks = [cb for cb in trainer.callbacks if hasattr(cb, "after_step")]
 
     fast_backward = True  # set False to keep Lightning's backward hooks (e.g. for a callback that uses them)
 
@@ -127,7 +130,14 @@ class NonparametricModule(pl.LightningModule):
         return self.net(x)
 
     def training_step(self, batch, batch_idx: int) -> None:
-        x, y = batch
+        """One optimizer step per batch; ``batch`` is one ``(x, y)`` or a list of them (the loader's
+        ``steps_per_item``). After every step, callbacks with ``after_step`` (Growth) run."""
+        for x, y in batch if isinstance(batch, list) else [batch]:
+            self._step(x, y)
+            for callback in self._step_callbacks:
+                callback.after_step(self.trainer, self)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         opt = self.optimizers()
         loss = F.cross_entropy(self.net(x), y, reduction="sum") / self.dataset_size  # Alg. 1 line 8
         if not torch.isfinite(loss):

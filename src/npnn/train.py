@@ -50,6 +50,14 @@ def validate_config(cfg: DictConfig) -> None:
     if not isinstance(cfg.get("seed"), int):
         raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r}")
     _number(cfg, "dataset.batch_size", 1)
+    k = cfg.dataset.get("steps_per_call", 1)
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+        raise ConfigError(f"dataset.steps_per_call (optimizer steps per training-step call) must be an int >= 1, "
+                          f"got {k!r}")
+    every = cfg.get("checkpoint_every_steps")
+    if every is not None and (not isinstance(every, int) or every < 1 or every % k):
+        raise ConfigError(f"checkpoint_every_steps must be null (at every validation) or a positive multiple of "
+                          f"dataset.steps_per_call={k}, got {every!r}")
     model = cfg.model
     if model.kind not in MODEL_KINDS:
         raise ConfigError(f"model.kind must be one of {MODEL_KINDS}, got {model.kind!r}")
@@ -103,7 +111,8 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
     pl.seed_everything(cfg.seed, workers=True)
     splits: Splits = instantiate(cfg.dataset.loader)
     datamodule = InMemoryDataModule(splits, batch_size=cfg.dataset.batch_size,
-                                    eval_batch_size=cfg.dataset.get("eval_batch_size", 10_000), seed=cfg.seed)
+                                    eval_batch_size=cfg.dataset.get("eval_batch_size", 10_000), seed=cfg.seed,
+                                    steps_per_item=cfg.dataset.get("steps_per_call", 1))
     model = cfg.model
     net = dict(in_features=splits.num_features, hidden_sizes=hidden_sizes(model), out_features=splits.num_classes,
                norm=model.norm, output_norm=model.output_norm, capnorm_eval_stats=model.capnorm_eval_stats,
