@@ -103,6 +103,27 @@ def bench_optimizer(shapes: list[str], rounds: int, steps: int) -> dict[str, dic
     return results
 
 
+def batchnorm_net(num_features: int, sizes: list[int], num_classes: int) -> torch.nn.Sequential:
+    """The plain loop's network: Linear (no bias) -> BatchNorm -> ReLU per hidden layer, Linear out."""
+    dims = [num_features, *sizes]
+    layers: list[torch.nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [torch.nn.Linear(a, b, bias=False), torch.nn.BatchNorm1d(b), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers, torch.nn.Linear(dims[-1], num_classes, bias=False))
+
+
+def rmsprop(net: torch.nn.Module) -> torch.optim.RMSprop:
+    return torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.995, eps=1e-8)
+
+
+def plain_step(net, opt, xb, yb, dataset_size: int, backward=torch.Tensor.backward) -> None:
+    """One step of the plain loop: loss = batch sum / |D| (as the app), backward, RMSprop."""
+    loss = torch.nn.functional.cross_entropy(net(xb), yb, reduction="sum") / dataset_size
+    opt.zero_grad(set_to_none=True)
+    backward(loss)
+    opt.step()
+
+
 class PlainLoop:
     """A plain PyTorch loop: a fixed BatchNorm net, RMSprop, batches of 1000 by permutation, and a
     validation (forward passes over the validation and test sets) after every segment."""
@@ -116,12 +137,8 @@ class PlainLoop:
     def segment(self, sizes: list[int], steps: int) -> float:
         """Seconds for ``steps`` training steps and one validation of a fresh net of ``sizes``."""
         s = self.splits
-        dims = [s.num_features, *sizes]
-        layers: list[torch.nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            layers += [torch.nn.Linear(a, b, bias=False), torch.nn.BatchNorm1d(b), torch.nn.ReLU()]
-        net = torch.nn.Sequential(*layers, torch.nn.Linear(dims[-1], s.num_classes, bias=False))
-        opt = torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.995, eps=1e-8)
+        net = batchnorm_net(s.num_features, sizes, s.num_classes)
+        opt = rmsprop(net)
         x, y, n = s.x_train, s.y_train, len(s.y_train)
         start = time.perf_counter()
         for _ in range(steps):
@@ -129,11 +146,7 @@ class PlainLoop:
                 self.perm, self.position = torch.randperm(n, generator=self.generator), 0
             idx = self.perm[self.position:self.position + 1000]
             self.position += 1000
-            xb, yb = x.index_select(0, idx), y.index_select(0, idx)  # as the app's loader
-            loss = torch.nn.functional.cross_entropy(net(xb), yb, reduction="sum") / n
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            plain_step(net, opt, x.index_select(0, idx), y.index_select(0, idx), n)  # gathered as the app's loader
         net.eval()
         with torch.no_grad():
             for xs in (s.x_val, s.x_test):
@@ -212,17 +225,7 @@ def bench_lightning(sizes: list[int], rounds: int) -> float:
     x, y, n = splits.x_train, splits.y_train, len(splits.y_train)
 
     def make_net():
-        dims = [splits.num_features, *sizes]
-        layers: list[torch.nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            layers += [torch.nn.Linear(a, b, bias=False), torch.nn.BatchNorm1d(b), torch.nn.ReLU()]
-        return torch.nn.Sequential(*layers, torch.nn.Linear(dims[-1], splits.num_classes, bias=False))
-
-    def step(net, opt, xb, yb, backward):
-        loss = torch.nn.functional.cross_entropy(net(xb), yb, reduction="sum") / n
-        opt.zero_grad(set_to_none=True)
-        backward(loss)
-        opt.step()
+        return batchnorm_net(splits.num_features, sizes, splits.num_classes)
 
     class Minimal(pl.LightningModule):
         def __init__(self) -> None:
@@ -230,10 +233,10 @@ def bench_lightning(sizes: list[int], rounds: int) -> float:
             self.net, self.automatic_optimization = make_net(), False
 
         def configure_optimizers(self):
-            return torch.optim.RMSprop(self.net.parameters(), lr=1e-3, alpha=0.995, eps=1e-8)
+            return rmsprop(self.net)
 
         def training_step(self, batch, batch_idx):
-            step(self.net, self.optimizers(), *batch, self.manual_backward)
+            plain_step(self.net, self.optimizers(), *batch, n, self.manual_backward)
 
     class EpochTimer(pl.Callback):
         def on_train_epoch_start(self, trainer, module) -> None:
@@ -245,10 +248,10 @@ def bench_lightning(sizes: list[int], rounds: int) -> float:
     bare, light = [], []
     for r in range(rounds):
         net = make_net()
-        opt = torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.995, eps=1e-8)
+        opt = rmsprop(net)
         start = time.perf_counter()
         for xb, yb in PermutationBatches(x, y, 1000, seed=r):
-            step(net, opt, xb, yb, lambda loss: loss.backward())
+            plain_step(net, opt, xb, yb, n)
         bare.append(time.perf_counter() - start)
         timer = EpochTimer()
         trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "load", "disabled_by_env", "use", "active"]
+__all__ = ["DTYPES", "active", "disabled_by_env", "load", "use"]
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +82,13 @@ def load() -> bool:
         return bool(_state["ok"])
 
 
-def available() -> bool:
-    """Whether the fused kernels are loaded or can be (builds them if needed)."""
-    return load()
-
-
-_FUSED_DTYPES = (torch.float32, torch.float64)
+DTYPES = (torch.float32, torch.float64)  # what the kernels are built for
 
 
 def active(t: torch.Tensor) -> bool:
     """Whether code that has a fused path should take it for ``t``: switched on (see :func:`use`),
     a float32 / float64 CPU tensor, and the kernels are available."""
-    return _switch["on"] and not t.is_cuda and t.device.type == "cpu" and t.dtype in _FUSED_DTYPES and \
-        (_state["ok"] if "ok" in _state else load())
+    return _switch["on"] and t.device.type == "cpu" and t.dtype in DTYPES and load()
 
 
 @contextmanager

@@ -283,15 +283,13 @@ class NonparametricMLP(nn.Module):
             z = F.linear(h, lin.weight)
             hidden = l < self.num_hidden_layers
             norm = self.norms[l] if l < len(self.norms) else None
-            if isinstance(norm, CapNorm):  # CapNorm and the ReLU after it: one kernel
-                z = norm(z, lin.weight.detach().norm(dim=1), relu=hidden)
+            if isinstance(norm, CapNorm):  # CapNorm and, in a hidden layer, the ReLU after it: one kernel
+                h = z = norm(z, lin.weight.detach().norm(dim=1), relu=hidden)
+            else:
+                if norm is not None:
+                    z = norm(z)
                 if hidden:
-                    h = z
-                    continue
-            elif norm is not None:
-                z = norm(z)
-            if hidden:
-                h = F.relu(z)
+                    h = F.relu(z)
         return z
 
     # ---------------------------------------------------------- shape changes

@@ -280,7 +280,7 @@ class AdaRad(Optimizer):
                "parameter groups with different hyperparameters" if len(groups) > 1 else
                "non-CPU, non-float32/64, sparse or non-contiguous weights or gradients"
                if not all(t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
-                          for p in params for t in (p, p.grad)) or dtype not in (torch.float32, torch.float64) else
+                          for p in params for t in (p, p.grad)) or dtype not in npnn_fused.DTYPES else
                None)
         if why is None and not (npnn_fused.active(params[0]) if self.fused is None else npnn_fused.load()):
             why = "the fused kernels are not available (see the warning of npnn.fused) or are switched off"

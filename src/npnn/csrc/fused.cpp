@@ -20,8 +20,12 @@
 
 namespace {
 
-// rows per parallel task: about 16k weights
-int64_t grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
+// rows per parallel task: about `per_task` elements
+int64_t grain(int64_t cols, int64_t per_task = 16384) { return std::max<int64_t>(1, per_task / std::max<int64_t>(cols, 1)); }
+
+// CapNorm's scale 1 / max(sigma, 1) = 1 / sqrt(max(var, 1)) (section 3.2)
+template <typename T>
+T cap_scale(T var) { return T(1) / std::sqrt(std::max(var, T(1))); }
 
 template <typename T>
 void adarad_step_impl(const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& grads,
@@ -162,7 +166,7 @@ void capnorm_forward_impl(const at::Tensor& z, at::Tensor& xhat, at::Tensor& out
   std::vector<T> scale(U);
   for (int64_t j = 0; j < U; ++j) {
     vp[j] /= T(B);
-    scale[j] = T(1) / std::sqrt(std::max(vp[j], T(1)));  // 1 / max(sigma, 1)
+    scale[j] = cap_scale(vp[j]);
   }
   const T* sp = scale.data();
   for (int64_t i = 0; i < B; ++i) {
@@ -249,7 +253,7 @@ void capnorm_backward_impl(const at::Tensor& dy, const at::Tensor& xhat, const a
   for (int64_t j = 0; j < U; ++j) {
     me[j] /= T(B);
     pr[j] = v[j] > 1 ? pr[j] / T(B) : T(0);
-    scale[j] = T(1) / std::sqrt(std::max(v[j], T(1)));
+    scale[j] = cap_scale(v[j]);
   }
   const T* sp = scale.data();
   for (int64_t i = 0; i < B; ++i) {
@@ -289,9 +293,9 @@ void capnorm_eval_impl(const at::Tensor& z, const at::Tensor& mean, const at::Te
   const T* vp = var.data_ptr<T>();
   T* op = out.data_ptr<T>();
   std::vector<T> scale(U);
-  for (int64_t j = 0; j < U; ++j) scale[j] = T(1) / std::sqrt(std::max(vp[j], T(1)));
+  for (int64_t j = 0; j < U; ++j) scale[j] = cap_scale(vp[j]);
   const T* sp = scale.data();
-  at::parallel_for(0, B, std::max<int64_t>(1, 32768 / std::max<int64_t>(U, 1)), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B, grain(U, 32768), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const T* r = zp + i * U;
       T* o = op + i * U;
