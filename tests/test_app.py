@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from npnn.callbacks import Growth, RewindProtocol
 from npnn.data.download import DataUnavailableError
 from npnn.data.mnist import load_mnist
-from npnn.module import ConstantNetworkError, NonFiniteLossError
+from npnn.module import ConstantNetworkError, DivergenceError, NonFiniteLossError
 from npnn.train import ConfigError, build, main, validate_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -245,6 +245,36 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
     dm.splits.x_train[::7, 0] = float("nan")  # a NaN feature in every batch
     with pytest.raises(NonFiniteLossError, match="training loss is nan"):
         trainer.fit(module, datamodule=dm)
+
+
+def test_a_diverged_run_stops_early_and_says_so(tmp_path):
+    # the literal reading (plain logits) at lambda = 1e-6 with poker's alpha_r = 1 / (5 lambda) diverges
+    cfg = tiny("lambda=1e-6", "optimizer.alpha_r_lambda=0.2", "model.output_norm=false", "trainer.max_epochs=20",
+               "protocol=none")
+    with pytest.raises(DivergenceError, match="train cross-entropy is .* over 5 times a constant predictor's"):
+        main(cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stopped_by"] == "diverged" and "DivergenceError" in summary["error"]
+    assert summary["epochs"] < 20  # stopped early, not at the budget
+    # the same run with CapNorm on the logits (the default) trains
+    assert main(tiny("lambda=1e-6", "optimizer.alpha_r_lambda=0.2", "trainer.max_epochs=3", "protocol=none"),
+                tmp_path / "capnorm")["stopped_by"] == "budget"
+
+
+@pytest.mark.parametrize("limit,message", [
+    ("max_step_angle", "rotation per step alpha_phi sqrt"), ("max_fan_in_length", "longest fan-in has length")])
+def test_blown_up_steps_or_weights_stop_the_run(tmp_path, limit, message):
+    trainer, module, dm = build(tiny("trainer.max_steps=20", "protocol=none"), tmp_path)
+    trainer.fit(module, datamodule=dm)
+    metrics = dict(module.last_metrics)
+    module.check_not_diverged(metrics)  # a healthy run passes
+    if limit == "max_step_angle":
+        module.raw_optimizer.phi_max.fill_(1.0)  # a gradient blow-up: rotations of alpha_phi rad a step
+    else:
+        with torch.no_grad():
+            module.net.linears[-1].weight[0, 0] = 1e5
+    with pytest.raises(DivergenceError, match=message):
+        module.check_not_diverged(metrics)
 
 
 def test_constant_network_is_reported(tmp_path):

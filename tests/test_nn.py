@@ -162,11 +162,12 @@ def test_parametric_baseline_uses_batchnorm(norm):
 
 
 def test_output_norm_option():
-    net = make_net(output_norm=True)
-    assert len(net.norms) == 3
+    net = make_net()  # default with CapNorm: the logits are CapNorm-ed too
+    assert len(net.norms) == 3 and net.output_norm and net.config()["output_norm"]
     out = net(batch(n=500))
     assert out.std(0, unbiased=False).max() <= 1 + 1e-9
-    assert len(make_net().norms) == 2
+    assert len(make_net(output_norm=False).norms) == 2  # the literal reading
+    assert not make_net(norm="batchnorm").output_norm  # the parametric baseline keeps plain logits
 
 
 def test_state_dict_roundtrip_rebuilds_shape():

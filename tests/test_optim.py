@@ -317,3 +317,34 @@ def test_param_groups_accept_generators_and_their_own_hyperparameters():
     assert (w1.detach() != random_weights()[0]).any()  # the generator's weight is trained
     r = (w2.grad * before).sum(1, keepdim=True) / (before * before).sum(1, keepdim=True) * before
     torch.testing.assert_close(w2.detach(), before - r)  # alpha_phi = 0 in this group: radial step only
+
+
+# ------------------------------------------------- small lambda (Table 2)
+def train_ce_at_small_lambda(output_norm: bool, lam=1e-6, n=20_000, batch=1000, steps=300) -> list[float]:
+    """Per-step train cross-entropy of a small net on XOR data, alpha_r = 1 / (5 lambda) as on poker."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 6, generator=g)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+    net = NonparametricMLP(6, [10, 10], 2, output_norm=output_norm, generator=torch.Generator().manual_seed(1))
+    opt = AdaRad(net.parameters(), alpha_r=1 / (5 * lam), alpha_phi=30.0, lam=lam, dataset_size=n, batch_size=batch)
+    ces = []
+    while len(ces) < steps:
+        for idx in torch.randperm(n, generator=g).split(batch):
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx], reduction="sum") / n  # Alg. 1 line 8
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            net.remove_dead_units(step=len(ces), optimizer=opt)
+            ces.append(loss.item() * n / len(idx))
+    return ces
+
+
+def test_small_lambda_trains_below_a_constant_predictor():
+    # alpha_r = 2e5 at lambda = 1e-6: with CapNorm on the logits (the default) the output fan-ins'
+    # lengths get no radial gradient while sigma > 1, and training stays stable
+    ces = train_ce_at_small_lambda(output_norm=True)
+    assert max(ces[100:]) < math.log(2) and sum(ces[-100:]) / 100 < 0.4
+    # the literal reading (plain logits): gradient descent on the output lengths with step alpha_r
+    # |D^t| / |D| = 1e4 on the mean loss diverges, far above a constant predictor's ln 2
+    literal = train_ce_at_small_lambda(output_norm=False)
+    assert sum(literal[-100:]) / 100 > 10 * math.log(2)

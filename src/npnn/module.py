@@ -15,15 +15,31 @@ from npnn.nn import NonparametricMLP
 from npnn.optim import AdaRad, group_shrink_
 from npnn.regularizers import objective
 
-__all__ = ["NonparametricModule", "NonFiniteLossError", "ConstantNetworkError"]
+__all__ = ["NonparametricModule", "TrainingFailure", "NonFiniteLossError", "ConstantNetworkError", "DivergenceError"]
 
 
-class NonFiniteLossError(FloatingPointError):
+class TrainingFailure(RuntimeError):
+    """A run that cannot go on; ``npnn.train.main`` records it in ``summary.json`` (``stopped_by``) and re-raises."""
+
+    stopped_by = "failed"
+
+
+class NonFiniteLossError(TrainingFailure, FloatingPointError):
     """The training loss became NaN or infinite."""
 
+    stopped_by = "diverged"
 
-class ConstantNetworkError(RuntimeError):
+
+class DivergenceError(TrainingFailure):
+    """Training diverged: the train cross-entropy far above a constant predictor's, or weights or steps blown up."""
+
+    stopped_by = "diverged"
+
+
+class ConstantNetworkError(TrainingFailure):
     """Every fan-in of the output layer (or every unit of a hidden layer) is zero: the network is constant."""
+
+    stopped_by = "constant_network"
 
 
 class NonparametricModule(pl.LightningModule):
@@ -42,9 +58,16 @@ class NonparametricModule(pl.LightningModule):
         lam: the fan-in regulariser lambda.
         dataset_size: ``|D|``.
         batch_size: ``|D^t|`` of a full batch.
+        divergence: limits checked at every validation (:meth:`check_not_diverged`), each ``None`` to
+            switch it off: ``max_train_ce`` (train cross-entropy, in multiples of a constant
+            predictor's ``ln(classes)``), ``max_step_angle`` (AdaRad's rotation per step
+            ``alpha_phi sqrt(phi_max / c_max)``, radians) and ``max_fan_in_length``.
     """
 
-    def __init__(self, net: dict, optimizer: dict, lam: float, dataset_size: int, batch_size: int) -> None:
+    DIVERGENCE_DEFAULTS = {"max_train_ce": 5.0, "max_step_angle": 1.0, "max_fan_in_length": 1e4}
+
+    def __init__(self, net: dict, optimizer: dict, lam: float, dataset_size: int, batch_size: int,
+                 divergence: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -52,6 +75,10 @@ class NonparametricModule(pl.LightningModule):
         self.optimizer_cfg = dict(optimizer)
         self.lam = float(lam)
         self.dataset_size, self.batch_size = int(dataset_size), int(batch_size)
+        unknown = set(divergence or {}) - set(self.DIVERGENCE_DEFAULTS)
+        if unknown:
+            raise ValueError(f"divergence: unknown keys {sorted(unknown)}; the limits are {sorted(self.DIVERGENCE_DEFAULTS)}")
+        self.divergence = {**self.DIVERGENCE_DEFAULTS, **(divergence or {})}
         self._plain_backward = False  # set in on_train_start
         self._step_callbacks: list = []  # callbacks with after_step(trainer, module), set in on_train_start
         self.steps_per_epoch = math.ceil(self.dataset_size / self.batch_size)
@@ -204,6 +231,7 @@ class NonparametricModule(pl.LightningModule):
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.global_step)
             logger.save()  # written now: a run that dies keeps its metrics
+        self.check_not_diverged(metrics)
         self.val_accuracy.reset(), self.test_accuracy.reset()
         self._val_ce, self._val_n = torch.zeros(()), 0
         self._train_ce, self._train_n = torch.zeros(()), 0
@@ -220,6 +248,33 @@ class NonparametricModule(pl.LightningModule):
             raise ConstantNetworkError(
                 f"hidden layer {self.net.hidden_sizes.index(0) + 1} has lost all its units by step {self.step_count} "
                 f"(sizes {self.net.hidden_sizes}): the network is constant. Lower lambda or raise optimizer.alpha_phi")
+
+    def check_not_diverged(self, metrics: dict[str, float]) -> None:
+        """A diverged run stops at once with the reason, instead of training on at chance."""
+        limits, why = self.divergence, []
+        constant_ce = math.log(self.net.out_features)  # a constant predictor's cross-entropy at best
+        ce = metrics["train/ce"]
+        if limits["max_train_ce"] is not None and ce > limits["max_train_ce"] * constant_ce:
+            why.append(f"the train cross-entropy is {ce:.4g}, over {limits['max_train_ce']:g} times a constant "
+                       f"predictor's ln({self.net.out_features}) = {constant_ce:.3g}")
+        if self.uses_adarad and limits["max_step_angle"] is not None and self.raw_optimizer.phi_max is not None:
+            opt = self.raw_optimizer
+            angle = self.get_step_size() * math.sqrt(opt.phi_max.item() / max(opt.c_max.item(), 1e-300))
+            if not angle <= limits["max_step_angle"]:
+                why.append(f"AdaRad's rotation per step alpha_phi sqrt(phi_max / c_max) is {angle:.3g} rad, over "
+                           f"{limits['max_step_angle']:g} (phi_max = {opt.phi_max.item():.3g})")
+        with torch.no_grad():
+            longest = max(float(w.norm(dim=1).max()) if w.numel() else 0.0 for w in self.net.weights)
+        if not math.isfinite(longest) or (limits["max_fan_in_length"] is not None
+                                          and longest > limits["max_fan_in_length"]):
+            why.append(f"the longest fan-in has length {longest:.4g} (limit {limits['max_fan_in_length']})")
+        if why:
+            raise DivergenceError(
+                f"training diverged by step {self.step_count} (epoch {metrics['epoch_float']:.2f}): "
+                + "; ".join(why) + ". Lower the step sizes (optimizer.alpha_phi / lr, or alpha_r through "
+                "optimizer.alpha_r_lambda); with AdaRad and no output CapNorm (model.output_norm=false) a small "
+                "lambda makes alpha_r = alpha_r_lambda / lambda too large for the output layer (README). "
+                "The limits are the divergence.* settings")
 
     # ------------------------------------------------- snapshots (rewinds)
     def snapshot(self) -> dict[str, Any]:

@@ -171,8 +171,8 @@ def _make_norm(norm: str, width: int, capnorm_eval_stats: str, norm_momentum: fl
 class NonparametricMLP(nn.Module):
     r"""A ReLU MLP whose hidden layers grow and shrink (Figure 1 of the paper).
 
-    Hidden layer ``l``: ``h = relu(norm(h_prev W_l^T))``; output: ``h W_L^T`` (logits;
-    ``output_norm=True`` puts the norm there too). Weights use torch's layout
+    Hidden layer ``l``: ``h = relu(norm(h_prev W_l^T))``; output: ``norm(h W_L^T)`` (logits;
+    CapNorm there too by default, ``output_norm=False`` leaves the logits unnormalised). Weights use torch's layout
     ``(d_out, d_in)``, so row ``j`` of ``W_l`` is the fan-in of unit ``j`` and column
     ``j`` of ``W_{l+1}`` its fan-out. Initial weights are ``N(0, std = 1/sqrt(d_in))``
     (Table 3): each fan-in has expected squared length 1.
@@ -193,10 +193,14 @@ class NonparametricMLP(nn.Module):
         norm: ``"capnorm"`` (nonparametric), ``"batchnorm"`` / ``"batchnorm_affine"``
             (parametric baseline, BatchNorm without / with free mean and variance
             parameters), or ``"none"``. Only ``capnorm`` and ``none`` can grow.
-        output_norm: also normalise the output pre-activations. Default False: the paper
-            regularises the output fan-ins but does not say the output is normalised,
-            and section 4.2 reports output fan-in lengths of 3.5-4.5 that act as a
-            logit scale, which a cap at std 1 would partly hide.
+        output_norm: also normalise the output pre-activations (the logits). Default ``None``:
+            True with CapNorm, False otherwise. The paper does not say; with an unnormalised
+            output layer AdaRad's unnormalised radial step ``alpha_r r`` (Algorithm 1 line 15)
+            makes gradient descent on the output fan-ins' lengths unstable once
+            ``alpha_r = 1 / (5 lambda)`` is large (poker, lambda <= 1e-6: training diverges),
+            while behind CapNorm the length of a fan-in whose pre-activations have
+            ``sigma > 1`` gets no radial gradient at all (section 4.2). ``False`` is the
+            literal reading (README, "Choices the paper leaves open").
         capnorm_eval_stats: CapNorm's evaluation statistics (see :class:`CapNorm`).
         norm_momentum: running-statistics momentum of CapNorm / BatchNorm.
         generator: random generator for the initial weights.
@@ -209,7 +213,7 @@ class NonparametricMLP(nn.Module):
         out_features: int,
         *,
         norm: str = "capnorm",
-        output_norm: bool = False,
+        output_norm: bool | None = None,
         capnorm_eval_stats: str = "running",
         norm_momentum: float = 0.1,
         generator: torch.Generator | None = None,
@@ -224,7 +228,8 @@ class NonparametricMLP(nn.Module):
         if any(h < 0 for h in hidden_sizes):
             raise ValueError(f"NonparametricMLP: hidden sizes must be >= 0, got {hidden_sizes}")
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.norm, self.output_norm = norm, bool(output_norm)
+        self.norm = norm
+        self.output_norm = norm == "capnorm" if output_norm is None else bool(output_norm)
         self.capnorm_eval_stats, self.norm_momentum = capnorm_eval_stats, norm_momentum
         dims = [self.in_features, *hidden_sizes, self.out_features]
         self.linears = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(dims[:-1], dims[1:]))

@@ -22,7 +22,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from npnn.callbacks import Growth, RewindProtocol, UnitLogger
 from npnn.data import InMemoryDataModule, Splits
-from npnn.module import NonparametricModule
+from npnn.module import NonparametricModule, TrainingFailure
 from npnn.nn import GROWABLE_NORMS, NORMS
 
 __all__ = ["main", "build", "validate_config", "ConfigError", "evaluate"]
@@ -92,6 +92,12 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("alpha_phi", "lr"):
         if key in opt:
             _number(cfg, f"optimizer.{key}", 0)
+    for key, value in (cfg.get("divergence") or {}).items():
+        if key not in NonparametricModule.DIVERGENCE_DEFAULTS:
+            raise ConfigError(f"divergence.{key} is not a setting; the limits are "
+                              f"{sorted(NonparametricModule.DIVERGENCE_DEFAULTS)}")
+        if value is not None:
+            _number(cfg, f"divergence.{key}", 0, strict=True)
     if "alpha_r" in opt and opt.alpha_r is None and cfg["lambda"] == 0:
         raise ConfigError("lambda=0 leaves alpha_r = alpha_r_lambda / lambda undefined: set optimizer.alpha_r")
 
@@ -118,7 +124,8 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
                norm=model.norm, output_norm=model.output_norm, capnorm_eval_stats=model.capnorm_eval_stats,
                norm_momentum=model.norm_momentum)
     module = NonparametricModule(net=net, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-                                 lam=cfg["lambda"], dataset_size=splits.sizes[0], batch_size=cfg.dataset.batch_size)
+                                 lam=cfg["lambda"], dataset_size=splits.sizes[0], batch_size=cfg.dataset.batch_size,
+                                 divergence=OmegaConf.to_container(cfg.divergence) if cfg.get("divergence") else None)
     callbacks: list[pl.Callback] = []
     if model.kind == "nonparametric":
         callbacks.append(Growth(rate=model.growth.rate, every=model.growth.every, until=model.growth.get("until"),
@@ -161,25 +168,35 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer, module, datamodule = build(cfg, run_dir)
     start = time.time()
+    failure: TrainingFailure | None = None
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except TrainingFailure as err:  # diverged, NaN loss, constant network: summary.json says so, then re-raised
+        failure = err
+        log.error("run %s failed: %s: %s", run_dir, type(err).__name__, err)
     except Exception as err:  # said now and in the run's log, not only at the end of a sweep
         log.error("run %s failed: %s: %s", run_dir, type(err).__name__, err)
         raise
     wall = time.time() - start
     s = datamodule.splits
     protocol = next((cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol)), None)
+    stopped_by = failure.stopped_by if failure is not None else \
+        "protocol" if protocol is not None and protocol.done else "budget"
     summary = {
         "dataset": s.name, "lambda": cfg["lambda"], "seed": cfg.seed, "model": cfg.model.kind,
         "hidden_sizes": module.net.hidden_sizes, "weights": module.net.num_weights(),
         "val_error": evaluate(module, s.x_val, s.y_val), "test_error": evaluate(module, s.x_test, s.y_test),
         "epochs": module.step_count * module.batch_size / module.dataset_size,
         "steps_trained": trainer.global_step, "wall_time_s": round(wall, 1),
-        "stopped_by": "protocol" if protocol is not None and protocol.done else "budget",
+        "stopped_by": stopped_by,
         "protocol": protocol.history if protocol is not None else [],
     }
+    if failure is not None:
+        summary["error"] = f"{type(failure).__name__}: {failure}"
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("final sizes %s, val error %.4f%%, test error %.4f%%, %.1f epochs, %.0f s -> %s",
              "-".join(map(str, summary["hidden_sizes"])), 100 * summary["val_error"],
              100 * summary["test_error"], summary["epochs"], wall, run_dir)
+    if failure is not None:
+        raise failure
     return summary
