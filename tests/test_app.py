@@ -17,6 +17,7 @@ from npnn.data.download import DataUnavailableError
 from npnn.data.mnist import load_mnist
 from npnn.module import ConstantNetworkError, DivergenceError, NonFiniteLossError
 from npnn.train import ConfigError, build, main, validate_config
+from npnn.units import layer_stats
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -197,7 +198,11 @@ def test_main_writes_metrics_units_checkpoint_and_summary(tmp_path):
     assert (tmp_path / "unit_lengths.csv").read_text().startswith("step,epoch,layer,id,fan_in,fan_out")
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved == summary and saved["hidden_sizes"] and 0 <= saved["test_error"] <= 1
-    assert saved["stopped_by"] == "budget"
+    assert saved["stopped_by"] == "budget" and saved["steps_per_epoch"] == 20
+    # python -m npnn.units: per layer, units added = alive + eliminated, and the alive ones are the net's
+    stats = layer_stats(tmp_path)
+    assert [s["alive"] for s in stats] == saved["hidden_sizes"]
+    assert all(s["units"] == s["alive"] + s["eliminated"] and s["units"] > 10 for s in stats), stats
 
 
 # ---------------------------------------------------------- resume exactness

@@ -187,6 +187,7 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "hidden_sizes": module.net.hidden_sizes, "weights": module.net.num_weights(),
         "val_error": evaluate(module, s.x_val, s.y_val), "test_error": evaluate(module, s.x_test, s.y_test),
         "epochs": module.step_count * module.batch_size / module.dataset_size,
+        "steps_per_epoch": module.steps_per_epoch,
         "steps_trained": trainer.global_step, "wall_time_s": round(wall, 1),
         "stopped_by": stopped_by,
         "protocol": protocol.history if protocol is not None else [],

@@ -1,0 +1,71 @@
+"""Unit statistics of finished (or running) runs: how many units each layer gained, kept and lost.
+
+``python -m npnn.units RUN_DIR [RUN_DIR ...]`` reads each run's ``units.csv`` (every unit's
+birth and death step, on the protocol's final timeline) and ``summary.json``, and prints one
+row per hidden layer: units added, alive at the end, the surviving fraction of the units
+added by the end of the growth stage, and the median and quartile lifetimes of the
+eliminated units in epochs (the paper, section 4.2: about 50 epochs with alpha_r =
+1 / (50 lambda), i.e. 5 on poker with 1 / (5 lambda)).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from pathlib import Path
+
+__all__ = ["layer_stats", "steps_per_epoch"]
+
+
+def steps_per_epoch(run_dir: Path) -> float:
+    """Optimizer steps per epoch of a run, from ``summary.json`` or the first row of ``unit_lengths.csv``."""
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        value = json.loads(summary.read_text()).get("steps_per_epoch")
+        if value:
+            return float(value)
+    lengths = run_dir / "unit_lengths.csv"
+    if lengths.exists():
+        with lengths.open() as f:
+            for row in csv.DictReader(f):
+                if float(row["epoch"]) > 0:
+                    return int(row["step"]) / float(row["epoch"])
+    raise FileNotFoundError(f"{run_dir}: neither summary.json with steps_per_epoch nor unit_lengths.csv with a row "
+                            f"after step 0: is this an npnn run directory?")
+
+
+def layer_stats(run_dir: str | Path) -> list[dict]:
+    """One dict per hidden layer: ``added``, ``alive``, ``eliminated``, lifetimes of eliminated units (epochs)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "units.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: units.csv is written at every validation of an npnn run")
+    per_epoch = steps_per_epoch(run_dir)
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    stats = []
+    for layer in sorted({int(r["layer"]) for r in rows}):
+        units = [r for r in rows if int(r["layer"]) == layer]
+        lives = sorted((int(r["death"]) - int(r["birth"])) / per_epoch for r in units if r["death"])
+        quartiles = statistics.quantiles(lives, n=4) if len(lives) > 1 else lives * 3 or [float("nan")] * 3
+        stats.append({"layer": layer, "units": len(units), "alive": sum(1 for r in units if not r["death"]),
+                      "eliminated": len(lives), "life_q1": quartiles[0], "life_median": quartiles[1],
+                      "life_q3": quartiles[2]})
+    return stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m npnn.units", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    print("| run | layer | units | alive | survived | lifetime of eliminated units, epochs (q1 / median / q3) |")
+    print("|---|---|---|---|---|---|")
+    for run_dir in args.run_dirs:
+        for s in layer_stats(run_dir):
+            print(f"| {run_dir.name} | {s['layer']} | {s['units']} | {s['alive']} | {s['alive'] / s['units']:.0%} | "
+                  f"{s['life_q1']:.2f} / {s['life_median']:.2f} / {s['life_q3']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
