@@ -98,6 +98,7 @@ def test_default_config_is_the_paper_poker_setting():
     assert cfg.model.hidden_layers == 4 and cfg.model.start_units == 10
     assert cfg.optimizer.alpha_r_lambda == 0.2 and cfg.model.growth.every == 0.1
     assert cfg.protocol.patience == 10 and cfg.protocol.anneal_patience == 0.5
+    assert cfg.optimizer.alpha_phi == 10 and cfg.model.output_norm  # 7.4.2 step 1; logits behind CapNorm (README)
     assert cfg["lambda"] > 0
 
 
@@ -203,6 +204,24 @@ def test_main_writes_metrics_units_checkpoint_and_summary(tmp_path):
     stats = layer_stats(tmp_path)
     assert [s["alive"] for s in stats] == saved["hidden_sizes"]
     assert all(s["units"] == s["alive"] + s["eliminated"] and s["units"] > 10 for s in stats), stats
+
+
+def test_prune_stage_ends_at_its_length_limit(tmp_path):
+    # patience 6 epochs (the prune stage would last at least that), limit 2 epochs after it began
+    cfg = tiny("dataset.patience=6", "dataset.max_prune_epochs=2", "trainer.max_epochs=40", "dataset.val_every=0.25")
+    trainer, module, dm = build(cfg, tmp_path)
+    protocol = next(cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol))
+    ended_at, original = [], protocol._advance
+    protocol._advance = lambda t, m: (ended_at.append(m.step_count), original(t, m))
+    trainer.fit(module, datamodule=dm)
+    grow_end, prune_end = protocol.history[0], protocol.history[1]
+    assert (grow_end["to"], prune_end["from"], prune_end["to"]) == ("prune", "prune", "fit")
+    # the prune stage began at the grow stage's rewind target and ended 2 epochs (40 steps) later,
+    # not after 6 epochs of patience
+    assert ended_at[1] - grow_end["step"] == 40
+    assert grow_end["step"] <= prune_end["step"] <= ended_at[1]  # then rewound to the anchor
+    with pytest.raises(ValueError, match="max_prune_epochs must be > 0 or null"):
+        RewindProtocol(max_prune_epochs=0)
 
 
 # ---------------------------------------------------------- resume exactness

@@ -72,9 +72,10 @@ class RewindProtocol(Callback):
     Nonparametric (``kind="nonparametric"``):
 
     1. ``grow``: until VCE has not improved for ``patience`` epochs; rewind to the best VCE, stop adding units.
-    2. ``prune``: until no unit was eliminated and VCE has not improved for ``patience`` epochs;
-       rewind those epochs (to the best VCE or the last elimination, whichever came later: the
-       pruned network is kept), set lambda = 0.
+    2. ``prune``: until no unit was eliminated and VCE has not improved for ``patience`` epochs
+       (or, if ``max_prune_epochs`` is set, that long after the stage began); rewind those epochs
+       (to the best VCE or the last elimination, whichever came later: the pruned network is
+       kept), set lambda = 0.
     3. ``fit``: until VCE has not improved for ``patience`` epochs; rewind, divide the step size by ``factor``.
     4. ``anneal``: until VCE has not improved for ``anneal_patience`` epochs; rewind, divide by ``factor``
        again, and so on.
@@ -93,7 +94,8 @@ class RewindProtocol(Callback):
     PHASES = {"nonparametric": ("grow", "prune", "fit", "anneal"), "parametric": ("fit", "anneal")}
 
     def __init__(self, kind: str = "nonparametric", patience: float = 100.0, anneal_patience: float = 5.0,
-                 factor: float = 3.0, max_stalls: int = 1, min_step_size: float = 0.0) -> None:
+                 factor: float = 3.0, max_stalls: int = 1, min_step_size: float = 0.0,
+                 max_prune_epochs: float | None = None) -> None:
         if kind not in self.PHASES:
             raise ValueError(f"protocol.kind must be one of {sorted(self.PHASES)}, got {kind!r}")
         if not (patience > 0 and anneal_patience > 0):
@@ -103,6 +105,9 @@ class RewindProtocol(Callback):
             raise ValueError(f"protocol.factor (step-size divisor) must be > 1, got {factor!r}")
         if max_stalls < 1:
             raise ValueError(f"protocol.max_stalls must be >= 1, got {max_stalls!r}")
+        if max_prune_epochs is not None and not max_prune_epochs > 0:
+            raise ValueError(f"protocol.max_prune_epochs must be > 0 or null (no limit), got {max_prune_epochs!r}")
+        self.max_prune_epochs = None if max_prune_epochs is None else float(max_prune_epochs)
         self.kind, self.patience, self.anneal_patience = kind, float(patience), float(anneal_patience)
         self.factor, self.max_stalls, self.min_step_size = float(factor), int(max_stalls), float(min_step_size)
         self.phase = self.PHASES[kind][0]
@@ -144,11 +149,19 @@ class RewindProtocol(Callback):
         if self.anchor is None:  # NaN VCE before any snapshot: nothing to rewind to yet
             return
         patience = self.anneal_patience if self.phase == "anneal" else self.patience
-        if step - self.anchor["step"] >= epochs_to_steps(patience, trainer):
+        if step - self.anchor["step"] >= epochs_to_steps(patience, trainer) or self._prune_too_long(trainer, step):
             self._advance(trainer, module)
         phase = float(self.PHASES[self.kind].index(self.phase)) if not self.done else -1.0
         for logger in trainer.loggers:  # self.log is not allowed in on_validation_end
             logger.log_metrics({"protocol/phase": phase}, step=trainer.global_step)
+
+    def _prune_too_long(self, trainer, step: int) -> bool:
+        """The prune stage's length limit: units that keep trickling out one by one can keep the
+        paper's rule (no elimination for ``patience`` epochs) from ever holding (README)."""
+        if self.phase != "prune" or self.max_prune_epochs is None:
+            return False
+        stage_start = self.history[-1]["step"] if self.history else 0  # where the grow stage rewound to
+        return step - stage_start >= epochs_to_steps(self.max_prune_epochs, trainer)
 
     def _snapshot(self, trainer, module: NonparametricModule, vce: float) -> dict[str, Any]:
         return {"module": module.snapshot(), "growth": self._growth_state(trainer), "vce": vce,
