@@ -17,7 +17,7 @@ from npnn.data.download import DataUnavailableError
 from npnn.data.mnist import load_mnist
 from npnn.module import ConstantNetworkError, DivergenceError, NonFiniteLossError
 from npnn.train import ConfigError, build, main, validate_config
-from npnn.units import layer_stats
+from npnn.units import deaths_per_epoch, layer_stats
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -204,6 +204,7 @@ def test_main_writes_metrics_units_checkpoint_and_summary(tmp_path):
     stats = layer_stats(tmp_path)
     assert [s["alive"] for s in stats] == saved["hidden_sizes"]
     assert all(s["units"] == s["alive"] + s["eliminated"] and s["units"] > 10 for s in stats), stats
+    assert sum(deaths_per_epoch(tmp_path).values()) == sum(s["eliminated"] for s in stats)
 
 
 def test_prune_stage_ends_at_its_length_limit(tmp_path):

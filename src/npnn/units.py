@@ -5,7 +5,8 @@ birth and death step, on the protocol's final timeline) and ``summary.json``, an
 row per hidden layer: units added, alive at the end, the surviving fraction of the units
 added by the end of the growth stage, and the median and quartile lifetimes of the
 eliminated units in epochs (the paper, section 4.2: about 50 epochs with alpha_r =
-1 / (50 lambda), i.e. 5 on poker with 1 / (5 lambda)).
+1 / (50 lambda), i.e. 5 on poker with 1 / (5 lambda)). ``--deaths-from EPOCH`` also prints
+the eliminations of each epoch from ``EPOCH`` on (how the prune stage's eliminations fade).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import json
 import statistics
 from pathlib import Path
 
-__all__ = ["layer_stats", "steps_per_epoch"]
+__all__ = ["layer_stats", "steps_per_epoch", "deaths_per_epoch"]
 
 
 def steps_per_epoch(run_dir: Path) -> float:
@@ -55,9 +56,24 @@ def layer_stats(run_dir: str | Path) -> list[dict]:
     return stats
 
 
+def deaths_per_epoch(run_dir: str | Path, start: float = 0.0) -> dict[int, int]:
+    """Eliminations (all layers) per whole epoch, for the epochs from ``start`` to the last elimination."""
+    run_dir = Path(run_dir)
+    per_epoch = steps_per_epoch(run_dir)
+    with (run_dir / "units.csv").open() as f:
+        epochs = [int(r["death"]) / per_epoch for r in csv.DictReader(f) if r["death"]]
+    epochs = [e for e in epochs if e >= start]
+    counts = {e: 0 for e in range(int(start), int(max(epochs, default=start)) + 1)}
+    for e in epochs:
+        counts[int(e)] += 1
+    return counts
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m npnn.units", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("--deaths-from", type=float, default=None, metavar="EPOCH",
+                        help="also print the eliminations of every epoch from EPOCH on")
     args = parser.parse_args(argv)
     print("| run | layer | units | alive | survived | lifetime of eliminated units, epochs (q1 / median / q3) |")
     print("|---|---|---|---|---|---|")
@@ -65,6 +81,11 @@ def main(argv: list[str] | None = None) -> None:
         for s in layer_stats(run_dir):
             print(f"| {run_dir.name} | {s['layer']} | {s['units']} | {s['alive']} | {s['alive'] / s['units']:.0%} | "
                   f"{s['life_q1']:.2f} / {s['life_median']:.2f} / {s['life_q3']:.2f} |")
+    if args.deaths_from is not None:
+        for run_dir in args.run_dirs:
+            counts = deaths_per_epoch(run_dir, args.deaths_from)
+            print(f"{run_dir.name}: eliminations per epoch from epoch {int(args.deaths_from)} on "
+                  f"({sum(counts.values())} in all): {' '.join(map(str, counts.values()))}")
 
 
 if __name__ == "__main__":
