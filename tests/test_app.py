@@ -113,6 +113,8 @@ def test_default_config_is_the_paper_poker_setting():
     ("model.norm=batchnorm", r"cannot grow: a nonparametric model needs one of \('capnorm', 'none'\)"),
     ("model.growth.every=0", r"model.growth.every must be a number > 0"),
     ("dataset.batch_size=0", r"dataset.batch_size must be a number >= 1"),
+    ("divergence.max_train_ce=-1", r"divergence.max_train_ce must be a number > 0"),
+    ("+divergence.max_loss=3", r"divergence.max_loss is not a setting; the limits are"),
 ])
 def test_bad_config_values_fail_early_with_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -276,7 +278,7 @@ def test_a_diverged_run_stops_early_and_says_so(tmp_path):
     # the literal reading (plain logits) at lambda = 1e-6 with poker's alpha_r = 1 / (5 lambda) diverges
     cfg = tiny("lambda=1e-6", "optimizer.alpha_r_lambda=0.2", "model.output_norm=false", "trainer.max_epochs=20",
                "protocol=none")
-    with pytest.raises(DivergenceError, match="train cross-entropy is .* over 5 times a constant predictor's"):
+    with pytest.raises(DivergenceError, match=r"train cross-entropy is .* over 5 times a constant \(uniform\)"):
         main(cfg, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stopped_by"] == "diverged" and "DivergenceError" in summary["error"]
@@ -300,13 +302,30 @@ def test_blown_up_steps_or_weights_stop_the_run(tmp_path, limit, message):
             module.net.linears[-1].weight[0, 0] = 1e5
     with pytest.raises(DivergenceError, match=message):
         module.check_not_diverged(metrics)
+    module.divergence = dict.fromkeys(module.divergence)  # every limit off (divergence: null)
+    if limit == "max_step_angle":
+        module.check_not_diverged(metrics)
+    else:  # non-finite weights stop a run even then
+        module.check_not_diverged(metrics)
+        with torch.no_grad():
+            module.net.linears[-1].weight[0, 0] = float("inf")
+        with pytest.raises(DivergenceError, match="longest fan-in has length inf"):
+            module.check_not_diverged(metrics)
+
+
+def test_divergence_null_switches_the_limits_off():
+    from npnn.train import divergence_limits
+    assert divergence_limits(tiny("divergence=null")) == {"max_train_ce": None, "max_step_angle": None,
+                                                         "max_fan_in_length": None}
+    assert divergence_limits(tiny())["max_train_ce"] == 5.0
 
 
 def test_constant_network_is_reported(tmp_path):
     cfg = tiny("lambda=1.0", "optimizer.alpha_r=50", "trainer.max_epochs=3", "protocol=none")
-    trainer, module, dm = build(cfg, tmp_path)
     with pytest.raises(ConstantNetworkError, match="network is constant"):
-        trainer.fit(module, datamodule=dm)
+        main(cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stopped_by"] == "constant_network" and "ConstantNetworkError" in summary["error"]
 
 
 def test_wandb_logger_works_offline(tmp_path, monkeypatch):

@@ -189,7 +189,8 @@ def bench_epoch(sizes: list[int], epochs: int) -> float:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     conf = Path(__file__).resolve().parents[2] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=poker", "lambda=1e-3", "optimizer.alpha_phi=100", f"model.start_units={list(sizes)}",
+        cfg = compose("config", overrides=["dataset=poker", "lambda=1e-3", "optimizer.alpha_phi=100",
+                                           f"model.start_units={list(sizes)}",
                                            f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false"])
     with tempfile.TemporaryDirectory() as run_dir:
         trainer, module, dm = build(cfg, run_dir)

@@ -15,28 +15,29 @@ from npnn.nn import NonparametricMLP
 from npnn.optim import AdaRad, group_shrink_
 from npnn.regularizers import objective
 
-__all__ = ["NonparametricModule", "TrainingFailure", "NonFiniteLossError", "ConstantNetworkError", "DivergenceError"]
+__all__ = ["NonparametricModule", "TrainingError", "NonFiniteLossError", "ConstantNetworkError",
+           "DivergenceError"]
 
 
-class TrainingFailure(RuntimeError):
+class TrainingError(RuntimeError):
     """A run that cannot go on; ``npnn.train.main`` records it in ``summary.json`` (``stopped_by``) and re-raises."""
 
     stopped_by = "failed"
 
 
-class NonFiniteLossError(TrainingFailure, FloatingPointError):
+class NonFiniteLossError(TrainingError, FloatingPointError):
     """The training loss became NaN or infinite."""
 
     stopped_by = "diverged"
 
 
-class DivergenceError(TrainingFailure):
+class DivergenceError(TrainingError):
     """Training diverged: the train cross-entropy far above a constant predictor's, or weights or steps blown up."""
 
     stopped_by = "diverged"
 
 
-class ConstantNetworkError(TrainingFailure):
+class ConstantNetworkError(TrainingError):
     """Every fan-in of the output layer (or every unit of a hidden layer) is zero: the network is constant."""
 
     stopped_by = "constant_network"
@@ -59,9 +60,11 @@ class NonparametricModule(pl.LightningModule):
         dataset_size: ``|D|``.
         batch_size: ``|D^t|`` of a full batch.
         divergence: limits checked at every validation (:meth:`check_not_diverged`), each ``None`` to
-            switch it off: ``max_train_ce`` (train cross-entropy, in multiples of a constant
-            predictor's ``ln(classes)``), ``max_step_angle`` (AdaRad's rotation per step
-            ``alpha_phi sqrt(phi_max / c_max)``, radians) and ``max_fan_in_length``.
+            switch it off: ``max_train_ce`` (train cross-entropy, in multiples of the uniform
+            predictor's ``ln(classes)``), ``max_step_angle`` (AdaRad's rotation per step of a
+            typical row, ``alpha_phi sqrt(phi_max / c_max)`` in radians, Alg. 1 lines 14 and 16)
+            and ``max_fan_in_length``. ``divergence=None`` uses the defaults; non-finite weights
+            always stop the run.
     """
 
     DIVERGENCE_DEFAULTS = {"max_train_ce": 5.0, "max_step_angle": 1.0, "max_fan_in_length": 1e4}
@@ -77,7 +80,8 @@ class NonparametricModule(pl.LightningModule):
         self.dataset_size, self.batch_size = int(dataset_size), int(batch_size)
         unknown = set(divergence or {}) - set(self.DIVERGENCE_DEFAULTS)
         if unknown:
-            raise ValueError(f"divergence: unknown keys {sorted(unknown)}; the limits are {sorted(self.DIVERGENCE_DEFAULTS)}")
+            raise ValueError(f"divergence: unknown keys {sorted(unknown)}; the limits are "
+                             f"{sorted(self.DIVERGENCE_DEFAULTS)}")
         self.divergence = {**self.DIVERGENCE_DEFAULTS, **(divergence or {})}
         self._plain_backward = False  # set in on_train_start
         self._step_callbacks: list = []  # callbacks with after_step(trainer, module), set in on_train_start
@@ -252,11 +256,11 @@ class NonparametricModule(pl.LightningModule):
     def check_not_diverged(self, metrics: dict[str, float]) -> None:
         """A diverged run stops at once with the reason, instead of training on at chance."""
         limits, why = self.divergence, []
-        constant_ce = math.log(self.net.out_features)  # a constant predictor's cross-entropy at best
+        uniform_ce = math.log(self.net.out_features)  # the uniform predictor's: no constant predictor does worse
         ce = metrics["train/ce"]
-        if limits["max_train_ce"] is not None and ce > limits["max_train_ce"] * constant_ce:
+        if limits["max_train_ce"] is not None and ce > limits["max_train_ce"] * uniform_ce:
             why.append(f"the train cross-entropy is {ce:.4g}, over {limits['max_train_ce']:g} times a constant "
-                       f"predictor's ln({self.net.out_features}) = {constant_ce:.3g}")
+                       f"(uniform) predictor's ln({self.net.out_features}) = {uniform_ce:.3g}")
         if self.uses_adarad and limits["max_step_angle"] is not None and self.raw_optimizer.phi_max is not None:
             opt = self.raw_optimizer
             angle = self.get_step_size() * math.sqrt(opt.phi_max.item() / max(opt.c_max.item(), 1e-300))
@@ -267,14 +271,16 @@ class NonparametricModule(pl.LightningModule):
             longest = max(float(w.norm(dim=1).max()) if w.numel() else 0.0 for w in self.net.weights)
         if not math.isfinite(longest) or (limits["max_fan_in_length"] is not None
                                           and longest > limits["max_fan_in_length"]):
-            why.append(f"the longest fan-in has length {longest:.4g} (limit {limits['max_fan_in_length']})")
+            why.append(f"the longest fan-in has length {longest:.4g}"
+                       + ("" if not math.isfinite(longest) else f" (limit {limits['max_fan_in_length']:g})"))
         if why:
+            hint = (" With AdaRad and plain logits (model.output_norm=false) a small lambda makes alpha_r = "
+                    "alpha_r_lambda / lambda too large for the output layer: use model.output_norm=true (README)."
+                    if self.uses_adarad and not self.net.output_norm else "")
             raise DivergenceError(
                 f"training diverged by step {self.step_count} (epoch {metrics['epoch_float']:.2f}): "
                 + "; ".join(why) + ". Lower the step sizes (optimizer.alpha_phi / lr, or alpha_r through "
-                "optimizer.alpha_r_lambda); with AdaRad and no output CapNorm (model.output_norm=false) a small "
-                "lambda makes alpha_r = alpha_r_lambda / lambda too large for the output layer (README). "
-                "The limits are the divergence.* settings")
+                "optimizer.alpha_r_lambda)." + hint + " The limits are the divergence.* settings")
 
     # ------------------------------------------------- snapshots (rewinds)
     def snapshot(self) -> dict[str, Any]:
@@ -307,7 +313,8 @@ class NonparametricModule(pl.LightningModule):
         if {k: v for k, v in mine.items() if k != "hidden_sizes"} != fixed or \
                 len(theirs["hidden_sizes"]) != len(mine["hidden_sizes"]):
             raise ValueError(f"the checkpoint's network {theirs} does not fit this run's {mine}: resume with the "
-                             f"run's own configuration (same dataset, model and depth)")
+                             f"run's own configuration (same dataset, model and depth; a checkpoint written before "
+                             f"CapNorm on the logits became the default needs model.output_norm=false)")
         if theirs["hidden_sizes"] != mine["hidden_sizes"]:
             self.net._resize_to(theirs["hidden_sizes"])  # the shape first, then Lightning loads the weights
         state = checkpoint["npnn"]

@@ -22,7 +22,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from npnn.callbacks import Growth, RewindProtocol, UnitLogger
 from npnn.data import InMemoryDataModule, Splits
-from npnn.module import NonparametricModule, TrainingFailure
+from npnn.module import NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS, NORMS
 
 __all__ = ["main", "build", "validate_config", "ConfigError", "evaluate"]
@@ -102,6 +102,13 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError("lambda=0 leaves alpha_r = alpha_r_lambda / lambda undefined: set optimizer.alpha_r")
 
 
+def divergence_limits(cfg: DictConfig) -> dict:
+    """The run's ``divergence.*`` limits; ``divergence: null`` switches every check off."""
+    if cfg.get("divergence") is None:
+        return {key: None for key in NonparametricModule.DIVERGENCE_DEFAULTS}
+    return OmegaConf.to_container(cfg.divergence, resolve=True)
+
+
 def hidden_sizes(model: DictConfig) -> list[int]:
     if model.kind == "nonparametric":
         if isinstance(model.start_units, int):
@@ -125,7 +132,7 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
                norm_momentum=model.norm_momentum)
     module = NonparametricModule(net=net, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
                                  lam=cfg["lambda"], dataset_size=splits.sizes[0], batch_size=cfg.dataset.batch_size,
-                                 divergence=OmegaConf.to_container(cfg.divergence) if cfg.get("divergence") else None)
+                                 divergence=divergence_limits(cfg))
     callbacks: list[pl.Callback] = []
     if model.kind == "nonparametric":
         callbacks.append(Growth(rate=model.growth.rate, every=model.growth.every, until=model.growth.get("until"),
@@ -168,10 +175,10 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer, module, datamodule = build(cfg, run_dir)
     start = time.time()
-    failure: TrainingFailure | None = None
+    failure: TrainingError | None = None
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    except TrainingFailure as err:  # diverged, NaN loss, constant network: summary.json says so, then re-raised
+    except TrainingError as err:  # diverged, NaN loss, constant network: summary.json says so, then re-raised
         failure = err
         log.error("run %s failed: %s: %s", run_dir, type(err).__name__, err)
     except Exception as err:  # said now and in the run's log, not only at the end of a sweep
@@ -192,12 +199,12 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "stopped_by": stopped_by,
         "protocol": protocol.history if protocol is not None else [],
     }
-    if failure is not None:
+    if failure is not None:  # sizes and errors above are those of the network at the failure, not the best one
         summary["error"] = f"{type(failure).__name__}: {failure}"
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("final sizes %s, val error %.4f%%, test error %.4f%%, %.1f epochs, %.0f s -> %s",
-             "-".join(map(str, summary["hidden_sizes"])), 100 * summary["val_error"],
-             100 * summary["test_error"], summary["epochs"], wall, run_dir)
+    log.info("%s sizes %s, val error %.4f%%, test error %.4f%%, %.1f epochs, %.0f s -> %s",
+             "final" if failure is None else f"stopped ({stopped_by}) at", "-".join(map(str, summary["hidden_sizes"])),
+             100 * summary["val_error"], 100 * summary["test_error"], summary["epochs"], wall, run_dir)
     if failure is not None:
         raise failure
     return summary

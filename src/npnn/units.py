@@ -49,7 +49,10 @@ def layer_stats(run_dir: str | Path) -> list[dict]:
     for layer in sorted({int(r["layer"]) for r in rows}):
         units = [r for r in rows if int(r["layer"]) == layer]
         lives = sorted((int(r["death"]) - int(r["birth"])) / per_epoch for r in units if r["death"])
-        quartiles = statistics.quantiles(lives, n=4) if len(lives) > 1 else lives * 3 or [float("nan")] * 3
+        if len(lives) > 1:
+            quartiles = statistics.quantiles(lives, n=4, method="inclusive")
+        else:
+            quartiles = lives * 3 or [float("nan")] * 3
         stats.append({"layer": layer, "units": len(units), "alive": sum(1 for r in units if not r["death"]),
                       "eliminated": len(lives), "life_q1": quartiles[0], "life_median": quartiles[1],
                       "life_q3": quartiles[2]})
