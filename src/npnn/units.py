@@ -2,9 +2,9 @@
 
 ``python -m npnn.units RUN_DIR [RUN_DIR ...]`` reads each run's ``units.csv`` (every unit's
 birth and death step, on the protocol's final timeline) and ``summary.json``, and prints one
-row per hidden layer: units added, alive at the end, the surviving fraction of the units
-added by the end of the growth stage, and the median and quartile lifetimes of the
-eliminated units in epochs (the paper, section 4.2: about 50 epochs with alpha_r =
+row per hidden layer: units it ever had, units alive at the end, the surviving fraction, the
+epoch of the first elimination, and the median and quartile lifetimes of the eliminated
+units in epochs (the paper, section 4.2: about 50 epochs with alpha_r =
 1 / (50 lambda), i.e. 5 on poker with 1 / (5 lambda)). ``--deaths-from EPOCH`` also prints
 the eliminations of each epoch from ``EPOCH`` on (how the prune stage's eliminations fade).
 """
@@ -37,7 +37,8 @@ def steps_per_epoch(run_dir: Path) -> float:
 
 
 def layer_stats(run_dir: str | Path) -> list[dict]:
-    """One dict per hidden layer: ``added``, ``alive``, ``eliminated``, lifetimes of eliminated units (epochs)."""
+    """One dict per hidden layer: ``units`` (ever), ``alive``, ``eliminated``, the epoch of the first
+    elimination and the quartile lifetimes of eliminated units (epochs)."""
     run_dir = Path(run_dir)
     path = run_dir / "units.csv"
     if not path.exists():
@@ -53,8 +54,9 @@ def layer_stats(run_dir: str | Path) -> list[dict]:
             quartiles = statistics.quantiles(lives, n=4, method="inclusive")
         else:
             quartiles = lives * 3 or [float("nan")] * 3
+        deaths = [int(r["death"]) / per_epoch for r in units if r["death"]]
         stats.append({"layer": layer, "units": len(units), "alive": sum(1 for r in units if not r["death"]),
-                      "eliminated": len(lives), "life_q1": quartiles[0], "life_median": quartiles[1],
+                      "eliminated": len(lives), "first_elimination": min(deaths, default=float("nan")), "life_q1": quartiles[0], "life_median": quartiles[1],
                       "life_q3": quartiles[2]})
     return stats
 
@@ -78,12 +80,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deaths-from", type=float, default=None, metavar="EPOCH",
                         help="also print the eliminations of every epoch from EPOCH on")
     args = parser.parse_args(argv)
-    print("| run | layer | units | alive | survived | lifetime of eliminated units, epochs (q1 / median / q3) |")
-    print("|---|---|---|---|---|---|")
+    print("| run | layer | units | alive | survived | first elimination, epoch | lifetime of eliminated units, "
+          "epochs (q1 / median / q3) |")
+    print("|---|---|---|---|---|---|---|")
     for run_dir in args.run_dirs:
         for s in layer_stats(run_dir):
             print(f"| {run_dir.name} | {s['layer']} | {s['units']} | {s['alive']} | {s['alive'] / s['units']:.0%} | "
-                  f"{s['life_q1']:.2f} / {s['life_median']:.2f} / {s['life_q3']:.2f} |")
+                  f"{s['first_elimination']:.1f} | {s['life_q1']:.2f} / {s['life_median']:.2f} / {s['life_q3']:.2f} |")
     if args.deaths_from is not None:
         for run_dir in args.run_dirs:
             counts = deaths_per_epoch(run_dir, args.deaths_from)
