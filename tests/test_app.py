@@ -17,7 +17,7 @@ from npnn.data.download import DataUnavailableError
 from npnn.data.mnist import load_mnist
 from npnn.module import ConstantNetworkError, DivergenceError, NonFiniteLossError
 from npnn.train import ConfigError, build, main, validate_config
-from npnn.units import deaths_per_epoch, layer_stats
+from npnn.units import deaths_per_epoch, layer_lengths, layer_stats
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -207,6 +207,13 @@ def test_main_writes_metrics_units_checkpoint_and_summary(tmp_path):
     assert [s["alive"] for s in stats] == saved["hidden_sizes"]
     assert all(s["units"] == s["alive"] + s["eliminated"] and s["units"] > 10 for s in stats), stats
     assert sum(deaths_per_epoch(tmp_path).values()) == sum(s["eliminated"] for s in stats)
+    # --lengths: every layer of the last checkpoint, the output layer included, on the run's own data
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
+    lengths = layer_lengths(tmp_path)
+    assert [r["layer"] for r in lengths] == [1, 2, 3]
+    assert all(0 <= r["length"][0] <= r["length"][1] <= r["length"][2] for r in lengths)
+    assert lengths[-1]["length"][2] > 0  # the output layer is not constant
 
 
 def test_prune_stage_ends_at_its_length_limit(tmp_path):

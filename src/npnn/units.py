@@ -6,7 +6,10 @@ row per hidden layer: units it ever had, units alive at the end, the surviving f
 epoch of the first elimination, and the median and quartile lifetimes of the eliminated
 units in epochs (the paper, section 4.2: about 50 epochs with alpha_r =
 1 / (50 lambda), i.e. 5 on poker with 1 / (5 lambda)). ``--deaths-from EPOCH`` also prints
-the eliminations of each epoch from ``EPOCH`` on (how the prune stage's eliminations fade).
+the eliminations of each epoch from ``EPOCH`` on (how the prune stage's eliminations fade);
+``--lengths`` the fan-in lengths and pre-activation standard deviations (``sigma``, over
+10,000 training examples) of every layer of the run's last checkpoint, the output layer
+included (section 4.2: output fan-ins of length 3.5-4.5; CapNorm caps ``sigma`` at 1).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
-__all__ = ["layer_stats", "steps_per_epoch", "deaths_per_epoch"]
+__all__ = ["layer_stats", "steps_per_epoch", "deaths_per_epoch", "layer_lengths"]
 
 
 def steps_per_epoch(run_dir: Path) -> float:
@@ -74,11 +77,42 @@ def deaths_per_epoch(run_dir: str | Path, start: float = 0.0) -> dict[int, int]:
     return counts
 
 
+def layer_lengths(run_dir: str | Path, n: int = 10_000) -> list[dict]:
+    """Per layer of the run's ``checkpoints/last.ckpt``: quartiles of fan-in length and of pre-activation
+    sigma over the first ``n`` training examples (the run's data, from its ``.hydra/config.yaml``)."""
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from npnn.nn import NonparametricMLP
+
+    run_dir = Path(run_dir)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    net = NonparametricMLP(**checkpoint["model_config"])
+    net.load_state_dict({k[len("net."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")},
+                        resize=True)
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    x = instantiate(cfg.dataset.loader).x_train[:n]
+    rows = []
+    with torch.no_grad():
+        h = x
+        for l, lin in enumerate(net.linears):
+            z = h @ lin.weight.T
+            length = lin.weight.norm(dim=1)
+            q = torch.tensor([0.0, 0.5, 1.0], dtype=z.dtype)
+            rows.append({"layer": l + 1, "length": length.quantile(q).tolist(), "sigma": z.std(0).quantile(q).tolist()})
+            if l < net.num_hidden_layers:  # as in training: batch statistics
+                h = torch.relu(net.norms[l].train()(z, length)) if net.norm == "capnorm" else torch.relu(z)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m npnn.units", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path)
     parser.add_argument("--deaths-from", type=float, default=None, metavar="EPOCH",
                         help="also print the eliminations of every epoch from EPOCH on")
+    parser.add_argument("--lengths", action="store_true",
+                        help="also print fan-in lengths and pre-activation sigma per layer of the last checkpoint")
     args = parser.parse_args(argv)
     print("| run | layer | units | alive | survived | first elimination, epoch | lifetime of eliminated units, "
           "epochs (q1 / median / q3) |")
@@ -87,6 +121,13 @@ def main(argv: list[str] | None = None) -> None:
         for s in layer_stats(run_dir):
             print(f"| {run_dir.name} | {s['layer']} | {s['units']} | {s['alive']} | {s['alive'] / s['units']:.0%} | "
                   f"{s['first_elimination']:.1f} | {s['life_q1']:.2f} / {s['life_median']:.2f} / {s['life_q3']:.2f} |")
+    if args.lengths:
+        print("\n| run | layer | fan-in length (min / median / max) | pre-activation sigma (min / median / max) |")
+        print("|---|---|---|---|")
+        for run_dir in args.run_dirs:
+            for r in layer_lengths(run_dir):
+                print(f"| {run_dir.name} | {r['layer']} | {' / '.join(f'{v:.3g}' for v in r['length'])} | "
+                      f"{' / '.join(f'{v:.3g}' for v in r['sigma'])} |")
     if args.deaths_from is not None:
         for run_dir in args.run_dirs:
             counts = deaths_per_epoch(run_dir, args.deaths_from)
