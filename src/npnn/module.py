@@ -256,7 +256,7 @@ class NonparametricModule(pl.LightningModule):
     def check_not_diverged(self, metrics: dict[str, float]) -> None:
         """A diverged run stops at once with the reason, instead of training on at chance."""
         limits, why = self.divergence, []
-        uniform_ce = math.log(self.net.out_features)  # the uniform predictor's: no constant predictor does worse
+        uniform_ce = math.log(self.net.out_features)  # the uniform predictor's; the best constant one does no worse
         ce = metrics["train/ce"]
         if limits["max_train_ce"] is not None and ce > limits["max_train_ce"] * uniform_ce:
             why.append(f"the train cross-entropy is {ce:.4g}, over {limits['max_train_ce']:g} times a constant "
