@@ -171,10 +171,10 @@ def _make_norm(norm: str, width: int, capnorm_eval_stats: str, norm_momentum: fl
 class NonparametricMLP(nn.Module):
     r"""A ReLU MLP whose hidden layers grow and shrink (Figure 1 of the paper).
 
-    Hidden layer ``l``: ``h = relu(norm(h_prev W_l^T))``; output: ``norm(h W_L^T)`` (logits;
-    CapNorm there too by default, ``output_norm=False`` leaves the logits unnormalised). Weights use torch's layout
-    ``(d_out, d_in)``, so row ``j`` of ``W_l`` is the fan-in of unit ``j`` and column
-    ``j`` of ``W_{l+1}`` its fan-out. Initial weights are ``N(0, std = 1/sqrt(d_in))``
+    Hidden layer ``l``: ``h = relu(norm(h_prev W_l^T))``; output: ``norm(h W_L^T)`` (logits; CapNorm
+    there too by default, ``output_norm=False`` leaves them plain). Weights use torch's layout
+    ``(d_out, d_in)``, so row ``j`` of ``W_l`` is the fan-in of unit ``j`` and column ``j`` of
+    ``W_{l+1}`` its fan-out. Initial weights are ``N(0, std = 1/sqrt(d_in))``
     (Table 3): each fan-in has expected squared length 1.
 
     Every hidden unit has a stable integer id; ``unit_records()`` lists each unit's

@@ -84,7 +84,7 @@ def layer_lengths(run_dir: str | Path, n: int = 10_000) -> list[dict]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from npnn.nn import NonparametricMLP
+    from npnn.nn import CapNorm, NonparametricMLP
 
     run_dir = Path(run_dir)
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -102,7 +102,8 @@ def layer_lengths(run_dir: str | Path, n: int = 10_000) -> list[dict]:
             q = torch.tensor([0.0, 0.5, 1.0], dtype=z.dtype)
             rows.append({"layer": l + 1, "length": length.quantile(q).tolist(), "sigma": z.std(0).quantile(q).tolist()})
             if l < net.num_hidden_layers:  # as in training: batch statistics
-                h = torch.relu(net.norms[l].train()(z, length)) if net.norm == "capnorm" else torch.relu(z)
+                norm = net.norms[l].train()
+                h = torch.relu(norm(z, length) if isinstance(norm, CapNorm) else norm(z))
     return rows
 
 
