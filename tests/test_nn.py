@@ -144,6 +144,45 @@ def test_grow_integer_and_poisson_rates():
         net.grow(-1)
 
 
+def test_grow_all_layers_at_once_gives_every_new_unit_a_zero_fan_out():
+    # Alg. 1 lines 22-24 run inside the top-down loop of line 9: a new unit of layer l + 1 must not
+    # get a random weight from a new unit of layer l
+    net = make_net(hidden=(3, 3, 3))
+    x = batch()
+    before = net(x)
+    old_ids = [net.unit_ids(l) for l in range(3)]
+    assert net.grow(2, step=1) == [2, 2, 2]
+    for l in range(3):
+        new = ~torch.isin(net.unit_ids(l), old_ids[l])
+        assert int(new.sum()) == 2
+        assert torch.count_nonzero(net.linears[l + 1].weight[:, new]) == 0  # zero fan-outs (section 3)
+        assert bool((net.linears[l].weight[new].norm(dim=1) > 0).all())  # random fan-ins
+    torch.testing.assert_close(net(x), before, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_unit_whose_inputs_all_die_is_removed_in_the_same_step(fused):
+    # unit 0 of layer 2 listens only to units 1 and 4 of layer 1, which die: on both paths (fused
+    # kernels and eager code) it goes in the same call, after which no hidden unit has a zero fan-in
+    import npnn.fused
+    if fused and not npnn.fused.load():
+        pytest.skip("fused kernels not available")
+    net = make_net(hidden=(6, 5, 4))
+    with torch.no_grad():
+        net.linears[0].weight[[1, 4]] = 0
+        net.linears[1].weight[0] = 0
+        net.linears[1].weight[0, [1, 4]] = 1.0
+        net.linears[2].weight[:, 0] = 0.5  # units of layer 3 whose only input is that unit
+        net.linears[2].weight[1:, :][:2] = 0
+        net.linears[2].weight[1:3, 0] = 0.5
+    dead_layer2 = net.unit_ids(1)[0].item()
+    with npnn.fused.use(fused):
+        assert net.remove_dead_units(step=7) == [2, 1, 2]
+        assert net.remove_dead_units(step=8) == [0, 0, 0]
+    assert all(bool((w != 0).any(dim=1).all()) for w in net.weights[:-1])
+    assert net.unit_records()[dead_layer2]["death"] == 7
+
+
 def test_growth_refused_for_batchnorm_and_bad_arguments():
     net = make_net(norm="batchnorm")
     with pytest.raises(ValueError, match="cannot grow"):

@@ -356,27 +356,33 @@ class NonparametricMLP(nn.Module):
              generator: torch.Generator | None = None) -> list[int]:
         """Add ``rate`` units to every hidden layer (Algorithm 1 lines 22-24).
 
-        A non-integer rate draws ``Poisson(rate)`` units per layer (line 23). Returns the
-        number added to each layer.
+        A non-integer rate draws ``Poisson(rate)`` units per layer (line 23). Layers grow
+        top-down, as lines 22-24 sit in the loop ``for l = L to 1`` (line 9): layer ``l + 1``
+        has its new units before layer ``l`` gets its own, whose fan-outs are then zero
+        throughout (line 24), new units of layer ``l + 1`` included. Returns the number added
+        to each layer (bottom-up order).
         """
         if not (rate >= 0 and math.isfinite(rate)):
             raise ValueError(f"grow: rate (nu) must be a finite number >= 0, got {rate!r}")
-        added = []
-        for layer in range(self.num_hidden_layers):
+        added = [0] * self.num_hidden_layers
+        for layer in reversed(range(self.num_hidden_layers)):  # Alg. 1 line 9: l = L to 1
             if float(rate).is_integer():
                 n = int(rate)
             else:
                 n = int(torch.poisson(torch.tensor(float(rate)), generator=generator))
             self.add_units(layer, n, step=step, optimizer=optimizer, generator=generator)
-            added.append(n)
+            added[layer] = n
         return added
 
     @torch.no_grad()
     def remove_dead_units(self, *, step: int = 0, optimizer: Optimizer | None = None) -> list[int]:
         """Remove every hidden unit whose fan-in is exactly zero, with its fan-out (Algorithm 1 lines 18-19).
 
-        Such a unit outputs 0 for every input, so the function is unchanged. Returns the
-        number removed from each layer.
+        Such a unit outputs 0 for every input, so the function is unchanged. Layers are
+        checked bottom-up, so a unit whose only nonzero inputs are removed here has a zero
+        fan-in at once and is removed in the same call: afterwards no hidden unit has a zero
+        fan-in. (Algorithm 1's top-down loop would remove it one step later; the choice is
+        README's.) Returns the number removed from each layer.
         """
         hidden = [lin.weight for lin in self.linears[:-1]]
         if hidden and npnn_fused.active(hidden[0]):  # one call for all layers: a check every step
@@ -386,6 +392,8 @@ class NonparametricMLP(nn.Module):
         removed = []
         for layer, count in enumerate(counts):
             n_dead = 0
+            if removed and removed[-1]:  # the layer below lost units: their fan-outs left this layer's fan-ins
+                count = None
             if count is None or count > 0:
                 alive = (self.linears[layer].weight != 0).any(dim=1)
                 n_dead = int((~alive).sum())
