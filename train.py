@@ -1,6 +1,8 @@
 """Train one nonparametric (or parametric) network: python train.py dataset=poker lambda=1e-6
 
 Hydra: python train.py --help lists the config groups; -m runs sweeps. The work is in npnn.train.
+Exit codes: 0 done, 1 an error (a bad value, file or directory; a run that diverged or learned
+nothing), 128 + N stopped by signal N (SIGTERM: 143, SIGINT: 130) after writing a checkpoint.
 """
 import hydra
 from omegaconf import DictConfig
@@ -8,9 +10,22 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from npnn.train import main as train
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    return train(cfg)["val_error"]  # the value a sweeper minimises
+    from npnn.data.download import DataUnavailableError
+    from npnn.module import TrainingError
+    from npnn.runs import CheckpointError, RunDirError, RunInterrupted
+    from npnn.train import ConfigError, main as train
+
+    try:
+        return train(cfg)["val_error"]  # the value a sweeper minimises
+    except RunInterrupted as err:  # the scheduler wants the process gone: the whole sweep stops too
+        raise SystemExit(128 + err.signum) from None
+    except (ConfigError, CheckpointError, RunDirError, DataUnavailableError, TrainingError) as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed job and goes on with the others
+        raise SystemExit(f"npnn: error: {err}") from None  # the message is the whole story: no traceback
 
 
 if __name__ == "__main__":

@@ -112,7 +112,12 @@ def test_default_config_is_the_paper_poker_setting():
     ("model.kind=bayesian", r"model.kind must be one of \('nonparametric', 'parametric'\)"),
     ("model.norm=batchnorm", r"cannot grow: a nonparametric model needs one of \('capnorm', 'none'\)"),
     ("model.growth.every=0", r"model.growth.every must be a number > 0"),
-    ("dataset.batch_size=0", r"dataset.batch_size must be a number >= 1"),
+    ("dataset.batch_size=0", r"dataset.batch_size must be an integer >= 1"),
+    ("dataset.eval_batch_size=0", r"dataset.eval_batch_size must be an integer >= 1"),
+    ("dataset.val_every=0", r"dataset.val_every must be a number > 0"),
+    ("dataset.val_every=2.5", r"dataset.val_every must be a fraction of an epoch in \(0, 1\]"),
+    ("overwrite=yes", r"overwrite must be true or false"),
+    ("resume_changes=lambda", r"resume_changes must be a list of config keys"),
     ("divergence.max_train_ce=-1", r"divergence.max_train_ce must be a number > 0"),
     ("+divergence.max_loss=3", r"divergence.max_loss is not a setting; the limits are"),
 ])
@@ -323,7 +328,7 @@ def test_blown_up_steps_or_weights_stop_the_run(tmp_path, limit, message):
 def test_divergence_null_switches_the_limits_off():
     from npnn.train import divergence_limits
     assert divergence_limits(tiny("divergence=null")) == {"max_train_ce": None, "max_step_angle": None,
-                                                         "max_fan_in_length": None}
+                                                         "max_fan_in_length": None, "max_final_val_error": None}
     assert divergence_limits(tiny())["max_train_ce"] == 5.0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from npnn.module import NonparametricModule
+from npnn.runs import write_atomic
 
 __all__ = ["Growth", "RewindProtocol", "UnitLogger", "epochs_to_steps"]
 
@@ -247,6 +249,18 @@ class UnitLogger(Callback):
         self.directory = Path(directory)
         self.lengths_every = int(lengths_every)
         self._validations = 0
+        self._rows = 0  # rows of unit_lengths.csv written (a resume drops those written after its checkpoint)
+
+    def on_fit_start(self, trainer, module: NonparametricModule) -> None:
+        path = self.directory / "unit_lengths.csv"
+        if path.exists():
+            lines = path.read_text().splitlines(keepends=True)
+            if self._rows is None:  # a checkpoint from before rows were counted: keep them all
+                self._rows = max(len(lines) - 1, 0)
+            elif len(lines) > self._rows + 1:
+                write_atomic(path, "".join(lines[:self._rows + 1]))
+        elif self._rows is None:
+            self._rows = 0
 
     def on_validation_end(self, trainer, module: NonparametricModule) -> None:
         if trainer.sanity_checking:
@@ -264,20 +278,22 @@ class UnitLogger(Callback):
                 for layer, lengths in enumerate(module.net.unit_lengths()):
                     for i, fi, fo in zip(lengths["ids"].tolist(), lengths["fan_in"].tolist(), lengths["fan_out"].tolist()):
                         w.writerow([module.step_count, f"{epoch:.4f}", layer + 1, i, f"{fi:.6g}", f"{fo:.6g}"])
+                        self._rows += 1
 
     def on_fit_end(self, trainer, module: NonparametricModule) -> None:
         self.write_records(module)
 
     def write_records(self, module: NonparametricModule) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with (self.directory / "units.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["id", "layer", "birth", "death"])
-            w.writeheader()
-            for r in module.net.unit_records():
-                w.writerow({**r, "layer": r["layer"] + 1, "death": "" if r["death"] is None else r["death"]})
+        f = io.StringIO(newline="")
+        w = csv.DictWriter(f, fieldnames=["id", "layer", "birth", "death"])
+        w.writeheader()
+        for r in module.net.unit_records():
+            w.writerow({**r, "layer": r["layer"] + 1, "death": "" if r["death"] is None else r["death"]})
+        write_atomic(self.directory / "units.csv", f.getvalue())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"validations": self._validations}
+        return {"validations": self._validations, "rows": self._rows}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._validations = state["validations"]
+        self._rows = state.get("rows")

@@ -16,7 +16,7 @@ from npnn.optim import AdaRad, group_shrink_
 from npnn.regularizers import objective
 
 __all__ = ["NonparametricModule", "TrainingError", "NonFiniteLossError", "ConstantNetworkError",
-           "DivergenceError"]
+           "DivergenceError", "ChanceLevelError"]
 
 
 class TrainingError(RuntimeError):
@@ -35,6 +35,12 @@ class DivergenceError(TrainingError):
     """Training diverged: the train cross-entropy far above a constant predictor's, or weights or steps blown up."""
 
     stopped_by = "diverged"
+
+
+class ChanceLevelError(TrainingError):
+    """The run ended no better than predicting the majority class."""
+
+    stopped_by = "chance_level"
 
 
 class ConstantNetworkError(TrainingError):
@@ -63,11 +69,14 @@ class NonparametricModule(pl.LightningModule):
             switch it off: ``max_train_ce`` (train cross-entropy, in multiples of the uniform
             predictor's ``ln(classes)``), ``max_step_angle`` (AdaRad's rotation per step of a
             typical row, ``alpha_phi sqrt(phi_max / c_max)`` in radians, Alg. 1 lines 14 and 16)
-            and ``max_fan_in_length``. ``divergence=None`` uses the defaults; non-finite weights
-            always stop the run.
+            and ``max_fan_in_length``; at the end, ``max_final_val_error`` (the final network's
+            validation error, in multiples of the majority-class predictor's:
+            :meth:`check_better_than_majority`). ``divergence=None`` uses the defaults;
+            non-finite weights always stop the run.
     """
 
-    DIVERGENCE_DEFAULTS = {"max_train_ce": 5.0, "max_step_angle": 1.0, "max_fan_in_length": 1e4}
+    DIVERGENCE_DEFAULTS = {"max_train_ce": 5.0, "max_step_angle": 1.0, "max_fan_in_length": 1e4,
+                           "max_final_val_error": 1.0}
 
     def __init__(self, net: dict, optimizer: dict, lam: float, dataset_size: int, batch_size: int,
                  divergence: dict | None = None) -> None:
@@ -116,6 +125,8 @@ class NonparametricModule(pl.LightningModule):
             cfg.update(lam=self.lam, dataset_size=self.dataset_size, batch_size=self.batch_size)
         optimizer = instantiate(cfg, self.net.parameters())
         self._adarad = isinstance(optimizer, AdaRad)  # decided once: training_step asks every step
+        # the settings as configured, before a checkpoint's param_groups replace them (npnn.runs.ResumeChanges)
+        self.configured_hparams = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         return optimizer
 
     @property
@@ -282,6 +293,20 @@ class NonparametricModule(pl.LightningModule):
                 + "; ".join(why) + ". Lower the step sizes (optimizer.alpha_phi / lr, or alpha_r through "
                 "optimizer.alpha_r_lambda)." + hint + " The limits are the divergence.* settings")
 
+    def check_better_than_majority(self, val_error: float, y_val: torch.Tensor) -> None:
+        """A run that ends no better than always predicting the validation set's majority class says so."""
+        limit = self.divergence["max_final_val_error"]
+        if limit is None or len(y_val) == 0:
+            return
+        majority = 1.0 - torch.bincount(y_val).max().item() / len(y_val)
+        if not val_error < limit * majority:
+            hint = "optimizer.alpha_phi" if self.uses_adarad else "optimizer.lr"
+            raise ChanceLevelError(
+                f"the final network's validation error is {100 * val_error:.2f}%, no better than always predicting "
+                f"the majority class ({100 * majority:.2f}%): the run learned nothing. The step size may be far too "
+                f"large ({hint}={self.get_step_size():g}) or lambda too large; the train cross-entropy in "
+                f"metrics.csv shows when it went wrong (limit: divergence.max_final_val_error)")
+
     # ------------------------------------------------- snapshots (rewinds)
     def snapshot(self) -> dict[str, Any]:
         """Everything a rewind restores: shape and weights, optimizer state, unit records, step, RNG."""
@@ -293,9 +318,15 @@ class NonparametricModule(pl.LightningModule):
         })
 
     def restore(self, snap: dict[str, Any]) -> None:
+        """Back to a snapshot's state. Settings (the optimizer's hyperparameters) stay as they are now:
+        the protocol sets lambda and the step size after a rewind."""
         snap = copy.deepcopy(snap)
         self.net.load_state_dict(snap["net"], resize=True)
-        self.raw_optimizer.load_state_dict(snap["optimizer"])
+        opt = self.raw_optimizer
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        opt.load_state_dict(snap["optimizer"])
+        for group, kept in zip(opt.param_groups, settings):
+            group.update(kept)
         self.step_count = self.last_removal_step = snap["step_count"]
         torch.set_rng_state(snap["torch_rng"])
 

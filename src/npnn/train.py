@@ -2,7 +2,8 @@
 
 ``python train.py ...`` (the repository's thin entry point) calls :func:`main`.
 Run directory contents: ``checkpoints/last.ckpt``, ``logs/version_*/metrics.csv``,
-``units.csv``, ``unit_lengths.csv``, ``summary.json``.
+``units.csv``, ``unit_lengths.csv``, ``summary.json``. What a run guarantees (atomic
+checkpoints, signals, run-directory rules, resume checks) is :mod:`npnn.runs`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from npnn.callbacks import Growth, RewindProtocol, UnitLogger
 from npnn.data import InMemoryDataModule, Splits
 from npnn.module import NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS, NORMS
+from npnn.runs import (AtomicCheckpointIO, ResumeChanges, StopOnSignal, check_resume, prepare_run_dir, read_checkpoint,
+                       write_atomic)
 
 __all__ = ["main", "build", "validate_config", "ConfigError", "evaluate"]
 
@@ -49,7 +52,22 @@ def validate_config(cfg: DictConfig) -> None:
     _number(cfg, "lambda", 0)
     if not isinstance(cfg.get("seed"), int):
         raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r}")
-    _number(cfg, "dataset.batch_size", 1)
+    for key in ("dataset.batch_size", "dataset.eval_batch_size"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ConfigError(f"{key} must be an integer >= 1 (examples per batch), got {value!r}")
+    every = OmegaConf.select(cfg, "dataset.val_every")
+    if every is not None:
+        _number(cfg, "dataset.val_every", 0, strict=True)
+        if isinstance(every, float) and every > 1:
+            raise ConfigError(f"dataset.val_every must be a fraction of an epoch in (0, 1] (or an integer number of "
+                              f"training-step calls), got {every!r}; to validate every N epochs use "
+                              f"trainer.check_val_every_n_epoch=N")
+    if not isinstance(cfg.get("overwrite", False), bool):
+        raise ConfigError(f"overwrite must be true or false, got {cfg.get('overwrite')!r}")
+    changes = cfg.get("resume_changes") or []
+    if not (OmegaConf.is_list(changes) or isinstance(changes, list)) or not all(isinstance(c, str) for c in changes):
+        raise ConfigError(f"resume_changes must be a list of config keys, e.g. 'resume_changes=[lambda]', got {changes!r}")
     k = cfg.dataset.get("steps_per_call", 1)
     if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
         raise ConfigError(f"dataset.steps_per_call (optimizer steps per training-step call) must be an int >= 1, "
@@ -102,6 +120,20 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError("lambda=0 leaves alpha_r = alpha_r_lambda / lambda undefined: set optimizer.alpha_r")
 
 
+def check_steps_per_call(cfg: DictConfig, steps_per_epoch: int) -> None:
+    """``dataset.steps_per_call`` > 1 trains exactly as 1 only if validations fall on the same steps:
+    it must divide the steps of an epoch and the steps between validations."""
+    k, every = cfg.dataset.get("steps_per_call", 1), cfg.dataset.get("val_every", 1.0)
+    if k == 1:
+        return
+    between = every * steps_per_epoch if isinstance(every, float) else every * k
+    if steps_per_epoch % k or abs(between - round(between)) > 1e-9 or round(between) % k:
+        raise ConfigError(
+            f"dataset.steps_per_call={k} must divide the {steps_per_epoch} optimizer steps of an epoch and the "
+            f"{between:g} steps between validations (dataset.val_every={every}); otherwise validations move to other "
+            f"steps and the run differs from steps_per_call=1. Use a divisor of both, e.g. steps_per_call=1")
+
+
 def divergence_limits(cfg: DictConfig) -> dict:
     """The run's ``divergence.*`` limits; ``divergence: null`` switches every check off."""
     if cfg.get("divergence") is None:
@@ -121,11 +153,17 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
     """Everything a run needs, from its config."""
     validate_config(cfg)
     run_dir = Path(run_dir)
+    stored, changes = None, {}
+    if cfg.get("ckpt_path") is not None:  # read it now: a bad file or changed settings fail before any work
+        checkpoint = read_checkpoint(cfg.ckpt_path)
+        stored, changes = checkpoint.get("npnn_config"), check_resume(checkpoint, cfg, cfg.ckpt_path)
+        del checkpoint
     pl.seed_everything(cfg.seed, workers=True)
     splits: Splits = instantiate(cfg.dataset.loader)
     datamodule = InMemoryDataModule(splits, batch_size=cfg.dataset.batch_size,
                                     eval_batch_size=cfg.dataset.get("eval_batch_size", 10_000), seed=cfg.seed,
                                     steps_per_item=cfg.dataset.get("steps_per_call", 1))
+    check_steps_per_call(cfg, datamodule.train_batches.num_batches)
     model = cfg.model
     net = dict(in_features=splits.num_features, hidden_sizes=hidden_sizes(model), out_features=splits.num_classes,
                norm=model.norm, output_norm=model.output_norm, capnorm_eval_stats=model.capnorm_eval_stats,
@@ -140,6 +178,8 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
     if cfg.protocol is not None and cfg.protocol.get("_target_"):
         callbacks.append(instantiate(cfg.protocol))
     callbacks.append(UnitLogger(run_dir, lengths_every=cfg.get("unit_lengths_every", 1)))
+    callbacks.append(ResumeChanges(cfg, stored, changes))
+    callbacks.append(StopOnSignal(run_dir / "checkpoints" / "last.ckpt"))
     every = cfg.get("checkpoint_every_steps")  # default: at every validation
     # one file, checkpoints/last.ckpt, overwritten at each save (Lightning >= 2.6 writes save_last only
     # after a top-k save, so the latest checkpoint is the one "top-k" file, named last)
@@ -148,7 +188,8 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
     logger = False
     if cfg.logger is not None and cfg.logger.get("_target_"):
         logger = instantiate(cfg.logger, save_dir=str(run_dir))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir),
+                          plugins=[AtomicCheckpointIO()])
     return trainer, module, datamodule
 
 
@@ -167,41 +208,62 @@ def evaluate(module: NonparametricModule, x: torch.Tensor, y: torch.Tensor, batc
 
 
 def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Train one run; returns (and writes to ``summary.json``) its final sizes and errors."""
+    """Train one run; returns (and writes to ``summary.json``) its final sizes and errors.
+
+    A run that cannot go on (diverged, constant network, chance level, a signal) still writes
+    ``summary.json`` with ``stopped_by`` and ``error``; then the error is raised again.
+    """
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
         run_dir = HydraConfig.get().runtime.output_dir
     run_dir = Path(run_dir)
+    validate_config(cfg)
+    prepare_run_dir(run_dir, cfg.get("ckpt_path"), overwrite=cfg.get("overwrite", False))
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer, module, datamodule = build(cfg, run_dir)
+    stop = next(cb for cb in trainer.callbacks if isinstance(cb, StopOnSignal))
+    stop.install()  # before fit: a signal during start-up also ends in a checkpoint after the first step
     start = time.time()
     failure: TrainingError | None = None
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    except TrainingError as err:  # diverged, NaN loss, constant network: summary.json says so, then re-raised
+    except TrainingError as err:  # diverged, NaN loss, constant network, signal: summary.json says so, then re-raised
         failure = err
-        log.error("run %s failed: %s: %s", run_dir, type(err).__name__, err)
+        log.error("run %s stopped: %s: %s", run_dir, type(err).__name__, err)
     except Exception as err:  # said now and in the run's log, not only at the end of a sweep
         log.error("run %s failed: %s: %s", run_dir, type(err).__name__, err)
         raise
+    finally:
+        stop.restore()
     wall = time.time() - start
     s = datamodule.splits
+    val_error = evaluate(module, s.x_val, s.y_val)
+    if failure is None:
+        try:
+            module.check_better_than_majority(val_error, s.y_val)
+        except TrainingError as err:
+            failure = err
+            log.error("run %s: %s", run_dir, err)
     protocol = next((cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol)), None)
     stopped_by = failure.stopped_by if failure is not None else \
         "protocol" if protocol is not None and protocol.done else "budget"
     summary = {
         "dataset": s.name, "lambda": cfg["lambda"], "seed": cfg.seed, "model": cfg.model.kind,
         "hidden_sizes": module.net.hidden_sizes, "weights": module.net.num_weights(),
-        "val_error": evaluate(module, s.x_val, s.y_val), "test_error": evaluate(module, s.x_test, s.y_test),
+        "val_error": val_error, "test_error": evaluate(module, s.x_test, s.y_test),
         "epochs": module.step_count * module.batch_size / module.dataset_size,
         "steps_per_epoch": module.steps_per_epoch,
         "steps_trained": trainer.global_step, "wall_time_s": round(wall, 1),
         "stopped_by": stopped_by,
         "protocol": protocol.history if protocol is not None else [],
     }
+    if cfg.get("ckpt_path") is not None:
+        changes = next(cb for cb in trainer.callbacks if isinstance(cb, ResumeChanges)).changes
+        summary["resumed_from"] = str(cfg.ckpt_path)
+        summary["changed_on_resume"] = {k: list(v) for k, v in changes.items()}
     if failure is not None:  # sizes and errors above are those of the network at the failure, not the best one
         summary["error"] = f"{type(failure).__name__}: {failure}"
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     log.info("%s sizes %s, val error %.4f%%, test error %.4f%%, %.1f epochs, %.0f s -> %s",
              "final" if failure is None else f"stopped ({stopped_by}) at", "-".join(map(str, summary["hidden_sizes"])),
              100 * summary["val_error"], 100 * summary["test_error"], summary["epochs"], wall, run_dir)

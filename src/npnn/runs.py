@@ -1,0 +1,334 @@
+"""What a run guarantees (README): atomic checkpoints, a clean stop on SIGTERM / SIGINT, run
+directories that are never overwritten by accident, and resumes that refuse changed settings.
+
+- :class:`AtomicCheckpointIO` writes every checkpoint to a temporary file in its own directory,
+  fsyncs it and renames it over the old one (``os.replace``): whatever fails during a save, the
+  previous checkpoint is still there and still loads. :func:`write_atomic` does the same for
+  ``summary.json`` and ``units.csv``.
+- :class:`StopOnSignal`: on SIGTERM or SIGINT the run finishes its current training step, writes
+  ``checkpoints/last.ckpt`` and stops with :class:`RunInterrupted` (``stopped_by: signal``); a
+  second signal stops it at once.
+- :func:`prepare_run_dir` / :class:`RunDirGuard`: a fresh run refuses a directory that holds a
+  run, unless it resumes that run or ``overwrite=true``.
+- :func:`check_resume` / :class:`ResumeChanges`: a resume compares its config with the one
+  stored in the checkpoint; a difference other than budgets, paths and display settings is
+  refused unless listed in ``resume_changes``, and then it is applied and recorded.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from npnn.module import TrainingError
+
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "RunDirError", "RunInterrupted", "StopOnSignal",
+           "ResumeChanges", "RunDirGuard", "write_atomic", "read_checkpoint", "prepare_run_dir", "holds_run",
+           "config_changes", "check_resume", "FREE_KEYS", "FIXED_KEYS"]
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("checkpoints", "logs", "summary.json", "units.csv", "unit_lengths.csv")  # what a run writes
+# keys a resume may change without asking: budgets, paths, display
+FREE_KEYS = ("ckpt_path", "data_dir", "overwrite", "resume_changes", "checkpoint_every_steps", "logger",
+             "trainer.max_epochs",
+             "trainer.max_steps", "trainer.max_time", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+# keys no resume may change: the data, its order, the network's structure, the algorithm
+FIXED_KEYS = ("seed", "dataset.loader", "dataset.source", "dataset.batch_size", "dataset.steps_per_call",
+              "dataset.hidden_layers", "model.kind", "model.norm", "model.output_norm", "model.hidden_layers",
+              "model.hidden_sizes", "model.start_units", "model.capnorm_eval_stats", "model.norm_momentum",
+              "optimizer._target_", "protocol._target_", "protocol.kind")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not belong to this run; the message names the file."""
+
+
+class RunDirError(FileExistsError):
+    """A fresh run pointed at a directory that already holds a run."""
+
+
+class RunInterrupted(TrainingError):
+    """SIGTERM or SIGINT: the run stopped after a step and wrote its checkpoint."""
+
+    stopped_by = "signal"
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+# ------------------------------------------------------------------- files
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not every platform opens directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_atomic(path: str | Path, write) -> None:
+    """``write(f)`` into ``<path>.tmp`` in ``path``'s directory, fsync, rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never half of one."""
+    _save_atomic(path, lambda f: f.write(text.encode()))
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU, or fail naming the file and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={str(path)!r}: no such file. Point ckpt_path at a run's "
+                              f"checkpoints/last.ckpt, or leave it null to start afresh")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated (EOFError, RuntimeError from the zip reader), empty, not a checkpoint
+        raise CheckpointError(f"cannot read the checkpoint {path} ({path.stat().st_size} bytes): "
+                              f"{type(err).__name__}: {err}. It is truncated or not a checkpoint; resume from "
+                              f"another copy, or start afresh without ckpt_path") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
+    return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with saves that cannot destroy the previous checkpoint.
+
+    Lightning's own save writes to the system temp directory and moves the file; across
+    filesystems that move is a plain copy, and a full disk leaves a truncated checkpoint.
+    Here the file is written next to its target, fsynced and renamed over it.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"AtomicCheckpointIO.save_checkpoint takes no storage_options, got {storage_options!r}")
+        _save_atomic(path, lambda f: torch.save(checkpoint, f))
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        return read_checkpoint(path)  # onto the CPU; Lightning moves the state to the run's device
+
+
+# --------------------------------------------------------------- run dirs
+def holds_run(run_dir: str | Path) -> list[str]:
+    """The run files (``RUN_FILES``) that ``run_dir`` holds."""
+    run_dir = Path(run_dir)
+    return [name for name in RUN_FILES if (run_dir / name).exists()
+            and (not (run_dir / name).is_dir() or any((run_dir / name).iterdir()))]
+
+
+def _resumes(run_dir: Path, ckpt_path: str | None) -> bool:
+    return ckpt_path is not None and Path(run_dir).resolve() in Path(ckpt_path).resolve().parents
+
+
+def prepare_run_dir(run_dir: str | Path, ckpt_path: str | None = None, overwrite: bool = False) -> None:
+    """Refuse a directory that holds another run; with ``overwrite``, delete that run's files first."""
+    run_dir = Path(run_dir)
+    found = holds_run(run_dir)
+    if not found or _resumes(run_dir, ckpt_path):
+        return
+    if not overwrite:
+        raise RunDirError(
+            f"{run_dir} already holds a run ({', '.join(found)}). Resume it with ckpt_path={run_dir}/checkpoints/"
+            f"last.ckpt, choose another directory (hydra.run.dir=...), or replace it with overwrite=true")
+    log.warning("overwrite=true: deleting the earlier run's %s in %s", ", ".join(found), run_dir)
+    for name in found:
+        target = run_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+
+class RunDirGuard(HydraCallback):
+    """Hydra callback (``hydra.callbacks`` in ``conf/config.yaml``): checks the run directory before
+    Hydra writes its ``.hydra`` files into it, so a refused run leaves the earlier one untouched."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(Path(config.hydra.run.dir), config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        if config.get("ckpt_path") is None and sweep.is_dir():
+            for job_dir in sorted(p for p in sweep.iterdir() if p.is_dir()):
+                self._check(job_dir, config)
+
+    @staticmethod
+    def _check(run_dir: Path, config: DictConfig) -> None:
+        if config.get("overwrite"):
+            return  # npnn.train.main deletes the earlier run's files
+        try:
+            prepare_run_dir(run_dir, config.get("ckpt_path"))
+        except RunDirError as err:
+            raise SystemExit(f"npnn: error: {err}") from None
+
+
+# ----------------------------------------------------------------- resume
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def _under(key: str, prefixes) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """``{key: (old, new)}`` for every dotted key whose value differs (``"<absent>"`` where missing),
+    on the configs as written (interpolations unresolved: the keys a user changed)."""
+    a, b = _flatten(old), _flatten(new)
+    return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
+            if a.get(k, "<absent>") != b.get(k, "<absent>")}
+
+
+def run_config(cfg: DictConfig) -> dict:
+    """The config a checkpoint stores (as written, without Hydra's own node)."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("hydra", None)
+    return container
+
+
+def check_resume(checkpoint: dict, cfg: DictConfig, path: str | Path) -> dict[str, tuple[Any, Any]]:
+    """Compare the run's config with the checkpoint's; return the accepted changes (``resume_changes``),
+    or raise naming every refused key with both values."""
+    stored = checkpoint.get("npnn_config")
+    if stored is None:
+        log.warning("%s stores no config (written by an older npnn): the resume cannot check that its settings "
+                    "are the run's; make sure they are", path)
+        return {}
+    allowed = list(cfg.get("resume_changes") or [])
+    bad = [k for k in allowed if _under(k, FIXED_KEYS) or any(_under(f, [k]) for f in FIXED_KEYS)]
+    if bad:
+        raise CheckpointError(f"resume_changes={bad}: these keys cannot change on resume (the data, its order or the "
+                              f"network's structure would differ from the checkpoint's); start a new run instead")
+    changes = {k: v for k, v in config_changes(stored, run_config(cfg)).items() if not _under(k, FREE_KEYS)}
+    refused = {k: v for k, v in changes.items() if not _under(k, allowed)}
+    if refused:
+        lines = "\n".join(f"  {k}: checkpoint {old!r}, this run {new!r}" for k, (old, new) in refused.items())
+        raise CheckpointError(
+            f"the resume's settings differ from those of the run that wrote {path}:\n{lines}\nResume with the run's "
+            f"own settings (its .hydra/overrides.yaml), or apply the new values with resume_changes="
+            f"[{','.join(refused)}] (budgets, paths and the logger may change freely)")
+    for key, (old, new) in changes.items():
+        log.warning("resume: %s changes from %r to %r (resume_changes)", key, old, new)
+    return changes
+
+
+class ResumeChanges(pl.Callback):
+    """Stores the run's config in every checkpoint, and applies the accepted changes of a resume.
+
+    Most settings are read from the config when the run is built, so a changed value is used
+    by itself. Those that a checkpoint carries are set here once the checkpoint is loaded:
+    the optimizer's hyperparameters (the checkpoint's ``param_groups``), and lambda and the
+    step size, which the protocol holds (lambda only while it still trains with lambda).
+    """
+
+    def __init__(self, cfg: DictConfig, stored: dict | None = None, changes: dict | None = None) -> None:
+        self.config = run_config(cfg)
+        self.stored, self.changes = stored, dict(changes or {})
+
+    def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        checkpoint["npnn_config"] = self.config
+
+    def on_train_start(self, trainer, module) -> None:
+        if not self.changes:
+            return
+        from npnn.callbacks import RewindProtocol
+
+        old = OmegaConf.to_container(OmegaConf.create(self.stored), resolve=True)
+        new = OmegaConf.to_container(OmegaConf.create(self.config), resolve=True)
+        opt, key = module.raw_optimizer, module.step_size_key
+        for group, fresh in zip(opt.param_groups, module.configured_hparams):
+            group.update({k: v for k, v in fresh.items() if k not in ("lam", key)})  # e.g. alpha_r, beta
+        protocol = next((cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol)), None)
+        if old["lambda"] != new["lambda"]:
+            if protocol is None or protocol.phase in ("grow", "prune"):
+                module.set_lambda(new["lambda"])
+                if protocol is not None:
+                    protocol.lam = module.lam
+            else:
+                log.warning("resume: the protocol trains with lambda = 0 since its prune stage ended; the new "
+                            "lambda %g is recorded but has nothing left to act on", new["lambda"])
+        fresh_step = module.configured_hparams[0][key]
+        if old["optimizer"].get(key) != new["optimizer"].get(key):
+            module.set_step_size(fresh_step)
+            if protocol is not None:
+                protocol.step_size = fresh_step
+
+
+# ----------------------------------------------------------------- signals
+class StopOnSignal(pl.Callback):
+    """SIGTERM / SIGINT: finish the current training step, write ``checkpoint_path``, raise
+    :class:`RunInterrupted`. A second signal raises ``KeyboardInterrupt`` at once.
+
+    :meth:`install` sets the handlers (``npnn.train.main`` does, before training, and restores
+    the old ones after); ``on_train_start`` sets them again over Lightning's own SIGTERM
+    handler, which would end the run at the end of the epoch with exit code 0 and no checkpoint.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, checkpoint_path: str | Path) -> None:
+        self.checkpoint_path = Path(checkpoint_path)
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+        self.received = signum
+        log.warning("received %s: finishing this training step, then writing %s (send it again to stop at once)",
+                    signal.Signals(signum).name, self.checkpoint_path)
+
+    def install(self) -> None:
+        try:
+            for signum in self.SIGNALS:
+                self._previous.setdefault(signum, signal.getsignal(signum))
+                signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread: signals cannot be caught here
+            log.debug("StopOnSignal: not in the main thread; signals keep their handlers")
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            try:
+                signal.signal(signum, handler)
+            except ValueError:
+                pass
+        self._previous.clear()
+
+    def on_train_start(self, trainer, module) -> None:
+        self.install()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.received is None:
+            return
+        trainer.save_checkpoint(self.checkpoint_path)
+        name = signal.Signals(self.received).name
+        raise RunInterrupted(f"{name} received: stopped after step {module.step_count} and wrote "
+                             f"{self.checkpoint_path}; resume with ckpt_path={self.checkpoint_path}", self.received)
