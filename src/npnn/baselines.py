@@ -16,6 +16,7 @@ import numpy as np
 __all__ = ["MODELS", "baseline_errors"]
 
 MODELS = ("logistic_regression", "naive_bayes", "decision_tree")
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def make_model(name: str, seed: int = 0):
@@ -32,8 +33,7 @@ def load_dataset(name: str, data_dir: str, seed: int = 0):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"dataset={name}", f"data_dir={data_dir}", f"seed={seed}"])
     return instantiate(cfg.dataset.loader)
 
@@ -46,14 +46,24 @@ def baseline_errors(splits, models=MODELS, seed: int = 0) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from npnn.data.download import DataUnavailableError
+
+    datasets = sorted(p.stem for p in CONF.joinpath("dataset").glob("*.yaml"))
     parser = argparse.ArgumentParser(prog="python -m npnn.baselines", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=["poker"])
+    parser.add_argument("--datasets", nargs="+", choices=datasets, default=["poker"], metavar="NAME",
+                        help=f"one or more of {', '.join(datasets)} (default: poker)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--data-dir", default="data")
     args = parser.parse_args(argv)
     print(f"{'dataset':<20}{'model':<22}{'test error':>11}{'seconds':>9}")
     for name in args.datasets:
-        splits = load_dataset(name, args.data_dir)
+        try:
+            splits = load_dataset(name, args.data_dir)
+        except Exception as err:  # Hydra wraps the loader's error: show the cause, not the traceback
+            cause = err.__cause__ if err.__cause__ is not None else err
+            if not isinstance(cause, (DataUnavailableError, ValueError)):
+                raise
+            parser.exit(1, f"{parser.prog}: error: {name}: {cause}\n")
         for model in args.models:
             start = time.time()
             err = baseline_errors(splits, [model])[model]

@@ -101,9 +101,21 @@ def use(on: bool):
         _switch["on"] = before
 
 
-if __name__ == "__main__":  # python -m npnn.fused: build verbosely and say whether the kernels work
+def main(argv: list[str] | None = None) -> None:
+    """``python -m npnn.fused``: build the kernels verbosely and say whether they work."""
+    import argparse  # noqa: PLC0415
+
+    argparse.ArgumentParser(
+        prog="python -m npnn.fused",
+        description="Build the fused CPU kernels of npnn (csrc/fused.cpp) with the compiler's output shown, and say "
+                    "whether they load. The build is cached in TORCH_EXTENSIONS_DIR; NPNN_FUSED=0 switches the "
+                    "kernels off.").parse_args(argv)
     if disabled_by_env():
         raise SystemExit("NPNN_FUSED=0 is set: the fused kernels are switched off")
     _ninja_on_path()
     _build(verbose=True)
     print(f"npnn fused kernels: {'ready' if load() else 'NOT available: ' + str(_state['error'])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -85,7 +85,7 @@ class NonparametricModule(pl.LightningModule):
         self.automatic_optimization = False
         self.net = NonparametricMLP(**net)
         self.optimizer_cfg = dict(optimizer)
-        self.lam = float(lam)
+        self.lam = self.configured_lam = float(lam)  # lam: the current one (the protocol sets it to 0 later)
         self.dataset_size, self.batch_size = int(dataset_size), int(batch_size)
         unknown = set(divergence or {}) - set(self.DIVERGENCE_DEFAULTS)
         if unknown:
@@ -117,11 +117,12 @@ class NonparametricModule(pl.LightningModule):
         target = cfg.get("_target_", "")
         if target.startswith("npnn.optim.AdaRad"):
             if cfg.get("alpha_r") is None:
-                if self.lam <= 0 or alpha_r_lambda is None:
+                lam = self.configured_lam  # not a resumed checkpoint's current lambda
+                if lam <= 0 or alpha_r_lambda is None:
                     raise ValueError("optimizer.alpha_r is null, so alpha_r = alpha_r_lambda / lambda, which needs "
-                                     f"lambda > 0 and alpha_r_lambda set (got lambda={self.lam}, alpha_r_lambda="
+                                     f"lambda > 0 and alpha_r_lambda set (got lambda={lam}, alpha_r_lambda="
                                      f"{alpha_r_lambda}); set optimizer.alpha_r explicitly")
-                cfg["alpha_r"] = alpha_r_lambda / self.lam
+                cfg["alpha_r"] = alpha_r_lambda / lam
             cfg.update(lam=self.lam, dataset_size=self.dataset_size, batch_size=self.batch_size)
         optimizer = instantiate(cfg, self.net.parameters())
         self._adarad = isinstance(optimizer, AdaRad)  # decided once: training_step asks every step

@@ -16,6 +16,7 @@ directories that are never overwritten by accident, and resumes that refuse chan
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
@@ -90,6 +91,9 @@ def _save_atomic(path: str | Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        log.error("could not write %s (%s); the previous %s is unchanged", path, err, path.name)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
@@ -128,7 +132,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError(f"AtomicCheckpointIO.save_checkpoint takes no storage_options, got {storage_options!r}")
-        _save_atomic(path, lambda f: torch.save(checkpoint, f))
+        buffer = io.BytesIO()  # serialised first: a failed write is then a plain OSError
+        torch.save(checkpoint, buffer)
+        _save_atomic(path, lambda f: f.write(buffer.getbuffer()))
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return read_checkpoint(path)  # onto the CPU; Lightning moves the state to the run's device

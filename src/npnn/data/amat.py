@@ -1,6 +1,7 @@
 """rectangles-images and convex (Larochelle et al. 2007): LISA zips of ASCII ``.amat`` files."""
 from __future__ import annotations
 
+import logging
 import zipfile
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import torch
 
 from npnn.data.download import fetch
 from npnn.data.loaders import Splits, scale_pixels
+
+log = logging.getLogger(__name__)
 
 __all__ = ["AMAT_SETS", "LISA_URL", "read_amat", "load_amat"]
 
@@ -58,8 +61,14 @@ def load_amat(name: str, data_dir: str | Path = "data", seed: int = 0, pixels: s
     folder = Path(data_dir) / name
     archive = fetch([base_url + archive_name], folder / archive_name, "sha1", sha1)
     cache = folder / f"{name}-{sha1[:8]}.pt"
+    cached = None
     if cache.exists():
-        x, y, x_test, y_test = torch.load(cache)
+        try:
+            cached = torch.load(cache)
+        except Exception as err:  # a derived file: rebuilt from the verified archive
+            log.warning("%s cannot be read (%s: %s); parsing %s again", cache, type(err).__name__, err, archive)
+    if cached is not None:
+        x, y, x_test, y_test = cached
     else:
         with zipfile.ZipFile(archive) as z:
             x, y = read_amat(z.read(_member(z, train_member)), train_member)

@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from npnn.data.download import ChecksumError, checksum, fetch
+from npnn.data.download import ChecksumError, DataUnavailableError, checksum, fetch
 from npnn.data.loaders import Splits, scale_pixels
 
 __all__ = ["load_mnist", "read_idx", "MNIST_FILES", "MNIST_MIRRORS"]
+
+log = logging.getLogger(__name__)
 
 MNIST_MIRRORS = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"]
 # name: (md5 of the .gz a download fetches, md5 of the extracted file)
@@ -37,23 +41,38 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def mnist_file(name: str, raw_dir: Path, mirrors: list[str]) -> Path:
-    """The extracted IDX file ``name`` in ``raw_dir``, md5-verified; downloaded (.gz) if missing."""
+    """The extracted IDX file ``name`` in ``raw_dir``, md5-verified; fetched (.gz) and extracted if it is
+    missing or corrupt. A corrupt file is never used and never moved; if no good copy can be had, the
+    error names it, its md5 and the expected one."""
     gz_md5, md5 = MNIST_FILES[name]
     path = raw_dir / name
+    corrupt = None
     if path.exists():
         found = checksum(path, "md5")
         if found == md5:
             return path
-        os.replace(path, path.with_name(name + ".bad"))  # never used; kept for inspection
-    gz = fetch([m + name + ".gz" for m in mirrors], raw_dir / (name + ".gz"), "md5", gz_md5)
-    part = path.with_name(name + ".part")
-    with gzip.open(gz, "rb") as src, open(part, "wb") as out:
-        out.write(src.read())
-    found = checksum(part, "md5")
-    if found != md5:
-        part.unlink()
-        raise ChecksumError(f"{gz} extracts to md5 {found}, not {md5}: delete it and download again")
-    os.replace(part, path)
+        corrupt = f"{path} has md5 {found}, not {md5}: it is truncated or corrupt and is not used"
+        log.warning("%s; fetching %s.gz to replace it", corrupt, name)
+    gz = raw_dir / (name + ".gz")
+    try:
+        gz = fetch([m + name + ".gz" for m in mirrors], gz, "md5", gz_md5)
+        part = path.with_name(name + ".part")
+        try:
+            with gzip.open(gz, "rb") as src, open(part, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            found = checksum(part, "md5")
+            if found != md5:
+                raise ChecksumError(f"{gz} extracts to md5 {found}, not {md5}: delete it and download it again")
+            os.replace(part, path)
+        finally:
+            part.unlink(missing_ok=True)
+    except OSError as err:  # offline, a read-only data dir, a bad archive (DataUnavailableError is one too)
+        if corrupt is None and isinstance(err, DataUnavailableError):
+            raise
+        cause = str(err) if isinstance(err, DataUnavailableError) else f"cannot write into {raw_dir}: {err}"
+        raise (ChecksumError if corrupt else DataUnavailableError)(
+            f"{corrupt + '; ' if corrupt else ''}{cause}\nPut a good copy of {name} (md5 {md5}) at {path}, "
+            f"or point data_dir at a writable folder that has it") from None
     return path
 
 
