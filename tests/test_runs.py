@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
@@ -20,7 +21,7 @@ from npnn.baselines import main as baselines_main
 from npnn.data.download import ChecksumError
 from npnn.data.mnist import MNIST_FILES, mnist_file
 from npnn.module import ChanceLevelError
-from npnn.runs import CheckpointError, RunDirError
+from npnn.runs import CheckpointError, RunDirError, RunInterrupted, StopOnSignal
 from npnn.train import ConfigError, build, check_steps_per_call, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,6 +138,35 @@ def test_sigterm_checkpoints_exits_non_zero_and_the_resume_equals_the_uninterrup
     assert (tmp_path / "full" / "unit_lengths.csv").read_text() == (tmp_path / "stopped" / "unit_lengths.csv").read_text()
 
 
+@pytest.mark.parametrize("at_step", [19, 20])  # 20 ends an epoch: a validation follows that step
+def test_a_signal_at_any_step_resumes_to_the_uninterrupted_run(tmp_path, at_step):
+    overrides = ["trainer.max_epochs=14", "protocol.patience=2", "lambda=3e-3", "optimizer.alpha_r=100"]
+    full = main(tiny(*overrides), tmp_path / "full")
+    assert len(full["protocol"]) >= 2  # the protocol rewinds and changes stage in this run
+
+    class Kill(pl.Callback):
+        def on_train_batch_end(self, trainer, module, *args):
+            if module.step_count == at_step:
+                os.kill(os.getpid(), signal.SIGTERM)  # the real signal, through StopOnSignal's handler
+
+    trainer, module, dm = build(tiny(*overrides), tmp_path / "stopped")
+    trainer.callbacks.insert(0, Kill())
+    stop = next(cb for cb in trainer.callbacks if isinstance(cb, StopOnSignal))
+    stop.install()
+    try:
+        with pytest.raises(RunInterrupted, match="SIGTERM received"):
+            trainer.fit(module, datamodule=dm)
+    finally:
+        stop.restore()
+    ckpt = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=False)["npnn"]["step_count"] == at_step
+    resumed = main(tiny(*overrides, f"ckpt_path={ckpt}"), tmp_path / "stopped")
+    for key in ("hidden_sizes", "val_error", "test_error", "epochs", "steps_trained", "protocol"):
+        assert resumed[key] == full[key], key
+    for name in ("units.csv", "unit_lengths.csv"):
+        assert (tmp_path / "full" / name).read_text() == (tmp_path / "stopped" / name).read_text(), name
+
+
 def test_sigint_stops_the_same_way(tmp_path):
     run = train_cli(tmp_path / "run", "protocol=none", "trainer.max_epochs=200", cwd=tmp_path)
     wait_for(tmp_path / "run" / "units.csv", run)
@@ -169,15 +199,30 @@ def test_a_resume_refuses_changed_settings_and_applies_the_opted_in_ones(tmp_pat
     assert saved["npnn_config"]["lambda"] == 0.01
 
 
+def test_an_opted_in_lambda_is_used_by_the_parametric_protocol_too(tmp_path):
+    net = ["model=parametric", "model.hidden_sizes=[8,8]", "model.norm=batchnorm", "logger=csv"]
+    main(tiny(*net, "trainer.max_epochs=1"), tmp_path / "a")
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    main(tiny(*net, "lambda=1e-2", "trainer.max_epochs=2", f"ckpt_path={ckpt}", "resume_changes=[lambda]"),
+         tmp_path / "b")
+    rows = (tmp_path / "b" / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    column = rows[0].split(",").index("lambda")
+    assert [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]] == [0.01]
+
+
 # ---------------------------------------------------------------- 4. run dirs
 def test_a_fresh_run_refuses_a_directory_that_holds_a_run(tmp_path):
-    main(tiny("trainer.max_epochs=2", "protocol=none"), tmp_path)
+    main(tiny("trainer.max_epochs=2", "protocol=none", "logger=csv"), tmp_path)
     before = {p: p.read_bytes() for p in (tmp_path / "summary.json", tmp_path / "units.csv")}
     with pytest.raises(RunDirError, match=r"already holds a run .*overwrite=true"):
         main(tiny("trainer.max_epochs=3", "lambda=1e-2"), tmp_path)
     assert all(p.read_bytes() == b for p, b in before.items())
-    summary = main(tiny("trainer.max_epochs=3", "protocol=none", "overwrite=true"), tmp_path)  # replaces it
-    assert summary["epochs"] == 3.0
+    with pytest.raises(ConfigError, match="steps_per_call"):  # a run that fails its checks deletes nothing
+        main(tiny("overwrite=true", "dataset.steps_per_call=3"), tmp_path)
+    assert all(p.read_bytes() == b for p, b in before.items())
+    summary = main(tiny("trainer.max_epochs=3", "protocol=none", "overwrite=true", "logger=csv"), tmp_path)
+    assert summary["epochs"] == 3.0  # replaced it
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == ["version_0"]
     rows = (tmp_path / "unit_lengths.csv").read_text().splitlines()
     assert rows[0].startswith("step,") and sorted({int(r.split(",")[0]) for r in rows[1:]}) == [20, 40, 60]
     assert "step,epoch" not in "".join(rows[1:])  # one run's rows, not two runs' appended

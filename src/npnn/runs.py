@@ -29,11 +29,12 @@ import torch
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.trainer.states import TrainerFn
 
 from npnn.module import TrainingError
 
 __all__ = ["AtomicCheckpointIO", "CheckpointError", "RunDirError", "RunInterrupted", "StopOnSignal",
-           "ResumeChanges", "RunDirGuard", "write_atomic", "read_checkpoint", "prepare_run_dir", "holds_run",
+           "ResumeChanges", "RunDirGuard", "write_atomic", "read_checkpoint", "prepare_run_dir", "delete_run", "holds_run",
            "config_changes", "check_resume", "FREE_KEYS", "FIXED_KEYS"]
 
 log = logging.getLogger(__name__)
@@ -152,19 +153,25 @@ def _resumes(run_dir: Path, ckpt_path: str | None) -> bool:
     return ckpt_path is not None and Path(run_dir).resolve() in Path(ckpt_path).resolve().parents
 
 
-def prepare_run_dir(run_dir: str | Path, ckpt_path: str | None = None, overwrite: bool = False) -> None:
-    """Refuse a directory that holds another run; with ``overwrite``, delete that run's files first."""
+def prepare_run_dir(run_dir: str | Path, ckpt_path: str | None = None, overwrite: bool = False) -> list[Path]:
+    """Refuse a directory that holds another run. With ``overwrite``, return that run's files: the caller
+    deletes them (:func:`delete_run`) once the new run has passed its checks."""
     run_dir = Path(run_dir)
     found = holds_run(run_dir)
     if not found or _resumes(run_dir, ckpt_path):
-        return
+        return []
     if not overwrite:
         raise RunDirError(
             f"{run_dir} already holds a run ({', '.join(found)}). Resume it with ckpt_path={run_dir}/checkpoints/"
             f"last.ckpt, choose another directory (hydra.run.dir=...), or replace it with overwrite=true")
-    log.warning("overwrite=true: deleting the earlier run's %s in %s", ", ".join(found), run_dir)
-    for name in found:
-        target = run_dir / name
+    return [run_dir / name for name in found]
+
+
+def delete_run(paths: list[Path]) -> None:
+    if paths:
+        log.warning("overwrite=true: deleting the earlier run's %s in %s", ", ".join(p.name for p in paths),
+                    paths[0].parent)
+    for target in paths:
         shutil.rmtree(target) if target.is_dir() else target.unlink()
 
 
@@ -174,6 +181,11 @@ class RunDirGuard(HydraCallback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(Path(config.hydra.run.dir), config)
+        if config.get("ckpt_path") is not None:  # a refused resume must not rewrite the run's .hydra files
+            try:
+                check_resume(read_checkpoint(config.ckpt_path), config, config.ckpt_path)
+            except CheckpointError as err:
+                raise SystemExit(f"npnn: error: {err}") from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
@@ -183,7 +195,7 @@ class RunDirGuard(HydraCallback):
 
     @staticmethod
     def _check(run_dir: Path, config: DictConfig) -> None:
-        if config.get("overwrite"):
+        if config.get("overwrite") is True:
             return  # npnn.train.main deletes the earlier run's files
         try:
             prepare_run_dir(run_dir, config.get("ckpt_path"))
@@ -265,7 +277,7 @@ class ResumeChanges(pl.Callback):
     def on_train_start(self, trainer, module) -> None:
         if not self.changes:
             return
-        from npnn.callbacks import RewindProtocol
+        from npnn.callbacks import Growth, RewindProtocol
 
         old = OmegaConf.to_container(OmegaConf.create(self.stored), resolve=True)
         new = OmegaConf.to_container(OmegaConf.create(self.config), resolve=True)
@@ -274,18 +286,23 @@ class ResumeChanges(pl.Callback):
             group.update({k: v for k, v in fresh.items() if k not in ("lam", key)})  # e.g. alpha_r, beta
         protocol = next((cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol)), None)
         if old["lambda"] != new["lambda"]:
-            if protocol is None or protocol.phase in ("grow", "prune"):
+            if protocol is not None and protocol.kind == "nonparametric" and protocol.phase in ("fit", "anneal"):
+                log.warning("resume: lambda stays 0, as the protocol sets it after its prune stage; the new lambda "
+                            "%g acts through alpha_r = alpha_r_lambda / lambda only", new["lambda"])
+            else:
                 module.set_lambda(new["lambda"])
                 if protocol is not None:
                     protocol.lam = module.lam
-            else:
-                log.warning("resume: the protocol trains with lambda = 0 since its prune stage ended; the new "
-                            "lambda %g is recorded but has nothing left to act on", new["lambda"])
         fresh_step = module.configured_hparams[0][key]
         if old["optimizer"].get(key) != new["optimizer"].get(key):
             module.set_step_size(fresh_step)
             if protocol is not None:
                 protocol.step_size = fresh_step
+        if old["model"].get("growth") != new["model"].get("growth"):  # e.g. a later growth.until
+            until = new["model"]["growth"].get("until")
+            for growth in (cb for cb in trainer.callbacks if isinstance(cb, Growth)):
+                growth.enabled = (protocol is None or protocol.phase == "grow") and \
+                    (until is None or module.step_count < round(until * module.steps_per_epoch))
 
 
 # ----------------------------------------------------------------- signals
@@ -332,9 +349,27 @@ class StopOnSignal(pl.Callback):
         self.install()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if self.received is None:
-            return
+        # a step followed by a validation stops after it: Lightning resumes a checkpoint written
+        # between the step and its validation as if the validation had run, and would skip it
+        if self.received is not None and not _validates_after_this_batch(trainer):
+            self._stop(trainer, module)
+
+    def on_validation_end(self, trainer, module) -> None:
+        if self.received is not None and not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
+            self._stop(trainer, module)
+
+    def _stop(self, trainer, module) -> None:
         trainer.save_checkpoint(self.checkpoint_path)
         name = signal.Signals(self.received).name
         raise RunInterrupted(f"{name} received: stopped after step {module.step_count} and wrote "
                              f"{self.checkpoint_path}; resume with ckpt_path={self.checkpoint_path}", self.received)
+
+
+def _validates_after_this_batch(trainer) -> bool:
+    """Whether Lightning validates after the training batch that just ended."""
+    loop = trainer.fit_loop.epoch_loop
+    try:
+        return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))  # Lightning's own rule
+    except (AttributeError, TypeError):  # its private API moved: the rule for batch-count validation
+        every = trainer.val_check_batch
+        return loop.batch_progress.is_last_batch or (every != float("inf") and (loop.batch_idx + 1) % every == 0)

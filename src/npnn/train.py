@@ -25,8 +25,8 @@ from npnn.callbacks import Growth, RewindProtocol, UnitLogger
 from npnn.data import InMemoryDataModule, Splits
 from npnn.module import NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS, NORMS
-from npnn.runs import (AtomicCheckpointIO, ResumeChanges, StopOnSignal, check_resume, prepare_run_dir, read_checkpoint,
-                       write_atomic)
+from npnn.runs import (AtomicCheckpointIO, ResumeChanges, StopOnSignal, check_resume, delete_run, prepare_run_dir,
+                       read_checkpoint, write_atomic)
 
 __all__ = ["main", "build", "validate_config", "ConfigError", "evaluate"]
 
@@ -56,13 +56,14 @@ def validate_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise ConfigError(f"{key} must be an integer >= 1 (examples per batch), got {value!r}")
-    every = OmegaConf.select(cfg, "dataset.val_every")
-    if every is not None:
-        _number(cfg, "dataset.val_every", 0, strict=True)
-        if isinstance(every, float) and every > 1:
-            raise ConfigError(f"dataset.val_every must be a fraction of an epoch in (0, 1] (or an integer number of "
-                              f"training-step calls), got {every!r}; to validate every N epochs use "
-                              f"trainer.check_val_every_n_epoch=N")
+    for key in ("dataset.val_every", "trainer.val_check_interval"):
+        every = OmegaConf.select(cfg, key)
+        if every is not None:
+            _number(cfg, key, 0, strict=True)
+            if isinstance(every, float) and every > 1:
+                raise ConfigError(f"{key} must be a fraction of an epoch in (0, 1] (or an integer number of "
+                                  f"training-step calls), got {every!r}; to validate every N epochs use "
+                                  f"trainer.check_val_every_n_epoch=N")
     if not isinstance(cfg.get("overwrite", False), bool):
         raise ConfigError(f"overwrite must be true or false, got {cfg.get('overwrite')!r}")
     changes = cfg.get("resume_changes") or []
@@ -123,15 +124,17 @@ def validate_config(cfg: DictConfig) -> None:
 def check_steps_per_call(cfg: DictConfig, steps_per_epoch: int) -> None:
     """``dataset.steps_per_call`` > 1 trains exactly as 1 only if validations fall on the same steps:
     it must divide the steps of an epoch and the steps between validations."""
-    k, every = cfg.dataset.get("steps_per_call", 1), cfg.dataset.get("val_every", 1.0)
-    if k == 1:
+    k = cfg.dataset.get("steps_per_call", 1)
+    every = cfg.trainer.get("val_check_interval", 1.0)  # what Lightning uses (default: dataset.val_every)
+    if k == 1 or every is None:
         return
     between = every * steps_per_epoch if isinstance(every, float) else every * k
     if steps_per_epoch % k or abs(between - round(between)) > 1e-9 or round(between) % k:
         raise ConfigError(
             f"dataset.steps_per_call={k} must divide the {steps_per_epoch} optimizer steps of an epoch and the "
-            f"{between:g} steps between validations (dataset.val_every={every}); otherwise validations move to other "
-            f"steps and the run differs from steps_per_call=1. Use a divisor of both, e.g. steps_per_call=1")
+            f"{between:g} steps between validations (trainer.val_check_interval={every}, from dataset.val_every); "
+            f"otherwise validations move to other steps and the run differs from steps_per_call=1. Use a divisor "
+            f"of both, e.g. steps_per_call=1")
 
 
 def divergence_limits(cfg: DictConfig) -> dict:
@@ -218,9 +221,10 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         run_dir = HydraConfig.get().runtime.output_dir
     run_dir = Path(run_dir)
     validate_config(cfg)
-    prepare_run_dir(run_dir, cfg.get("ckpt_path"), overwrite=cfg.get("overwrite", False))
+    earlier = prepare_run_dir(run_dir, cfg.get("ckpt_path"), overwrite=cfg.get("overwrite", False))
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer, module, datamodule = build(cfg, run_dir)
+    delete_run(earlier)  # overwrite=true: only once the new run has passed every check
     stop = next(cb for cb in trainer.callbacks if isinstance(cb, StopOnSignal))
     stop.install()  # before fit: a signal during start-up also ends in a checkpoint after the first step
     start = time.time()
