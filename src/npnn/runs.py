@@ -183,7 +183,7 @@ class RunDirGuard(HydraCallback):
         self._check(Path(config.hydra.run.dir), config)
         if config.get("ckpt_path") is not None:  # a refused resume must not rewrite the run's .hydra files
             try:
-                check_resume(read_checkpoint(config.ckpt_path), config, config.ckpt_path)
+                check_resume(read_checkpoint(config.ckpt_path), config, config.ckpt_path, quiet=True)
             except CheckpointError as err:
                 raise SystemExit(f"npnn: error: {err}") from None
 
@@ -232,13 +232,15 @@ def run_config(cfg: DictConfig) -> dict:
     return container
 
 
-def check_resume(checkpoint: dict, cfg: DictConfig, path: str | Path) -> dict[str, tuple[Any, Any]]:
+def check_resume(checkpoint: dict, cfg: DictConfig, path: str | Path,
+                 quiet: bool = False) -> dict[str, tuple[Any, Any]]:
     """Compare the run's config with the checkpoint's; return the accepted changes (``resume_changes``),
-    or raise naming every refused key with both values."""
+    or raise naming every refused key with both values. ``quiet``: no warnings (a first check)."""
     stored = checkpoint.get("npnn_config")
     if stored is None:
-        log.warning("%s stores no config (written by an older npnn): the resume cannot check that its settings "
-                    "are the run's; make sure they are", path)
+        if not quiet:
+            log.warning("%s stores no config (written by an older npnn): the resume cannot check that its "
+                        "settings are the run's; make sure they are", path)
         return {}
     allowed = list(cfg.get("resume_changes") or [])
     bad = [k for k in allowed if _under(k, FIXED_KEYS) or any(_under(f, [k]) for f in FIXED_KEYS)]
@@ -254,7 +256,8 @@ def check_resume(checkpoint: dict, cfg: DictConfig, path: str | Path) -> dict[st
             f"own settings (its .hydra/overrides.yaml), or apply the new values with resume_changes="
             f"[{','.join(refused)}] (budgets, paths and the logger may change freely)")
     for key, (old, new) in changes.items():
-        log.warning("resume: %s changes from %r to %r (resume_changes)", key, old, new)
+        if not quiet:
+            log.warning("resume: %s changes from %r to %r (resume_changes)", key, old, new)
     return changes
 
 
