@@ -68,7 +68,8 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"overwrite must be true or false, got {cfg.get('overwrite')!r}")
     changes = cfg.get("resume_changes") or []
     if not (OmegaConf.is_list(changes) or isinstance(changes, list)) or not all(isinstance(c, str) for c in changes):
-        raise ConfigError(f"resume_changes must be a list of config keys, e.g. 'resume_changes=[lambda]', got {changes!r}")
+        raise ConfigError(f"resume_changes must be a list of config keys, e.g. 'resume_changes=[lambda]', "
+                          f"got {changes!r}")
     k = cfg.dataset.get("steps_per_call", 1)
     if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
         raise ConfigError(f"dataset.steps_per_call (optimizer steps per training-step call) must be an int >= 1, "
