@@ -49,6 +49,11 @@ class ConstantNetworkError(TrainingError):
     stopped_by = "constant_network"
 
 
+def _group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Each param group's hyperparameters (everything but its ``params``)."""
+    return [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+
+
 class NonparametricModule(pl.LightningModule):
     """Trains a :class:`NonparametricMLP` (nonparametric with CapNorm, or the parametric BatchNorm baseline).
 
@@ -127,7 +132,7 @@ class NonparametricModule(pl.LightningModule):
         optimizer = instantiate(cfg, self.net.parameters())
         self._adarad = isinstance(optimizer, AdaRad)  # decided once: training_step asks every step
         # the settings as configured, before a checkpoint's param_groups replace them (npnn.runs.ResumeChanges)
-        self.configured_hparams = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        self.configured_hparams = _group_settings(optimizer)
         return optimizer
 
     @property
@@ -324,7 +329,7 @@ class NonparametricModule(pl.LightningModule):
         snap = copy.deepcopy(snap)
         self.net.load_state_dict(snap["net"], resize=True)
         opt = self.raw_optimizer
-        settings = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        settings = _group_settings(opt)
         opt.load_state_dict(snap["optimizer"])
         for group, kept in zip(opt.param_groups, settings):
             group.update(kept)

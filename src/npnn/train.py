@@ -47,15 +47,21 @@ def _number(cfg: DictConfig, key: str, low: float, strict: bool = False) -> floa
     return value
 
 
+def _integer(cfg: DictConfig, key: str, what: str) -> int:
+    value = OmegaConf.select(cfg, key)
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise ConfigError(f"{key} must be an integer >= 1 {what}, got {value!r}")
+    return value
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Fail before any work, naming the key and what it may be."""
     _number(cfg, "lambda", 0)
     if not isinstance(cfg.get("seed"), int):
         raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r}")
     for key in ("dataset.batch_size", "dataset.eval_batch_size"):
-        value = OmegaConf.select(cfg, key)
-        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            raise ConfigError(f"{key} must be an integer >= 1 (examples per batch), got {value!r}")
+        if OmegaConf.select(cfg, key) is not None:
+            _integer(cfg, key, "(examples per batch)")
     for key in ("dataset.val_every", "trainer.val_check_interval"):
         every = OmegaConf.select(cfg, key)
         if every is not None:
@@ -70,10 +76,8 @@ def validate_config(cfg: DictConfig) -> None:
     if not (OmegaConf.is_list(changes) or isinstance(changes, list)) or not all(isinstance(c, str) for c in changes):
         raise ConfigError(f"resume_changes must be a list of config keys, e.g. 'resume_changes=[lambda]', "
                           f"got {changes!r}")
-    k = cfg.dataset.get("steps_per_call", 1)
-    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
-        raise ConfigError(f"dataset.steps_per_call (optimizer steps per training-step call) must be an int >= 1, "
-                          f"got {k!r}")
+    k = _integer(cfg, "dataset.steps_per_call", "(optimizer steps per training-step call)") \
+        if "steps_per_call" in cfg.dataset else 1
     every = cfg.get("checkpoint_every_steps")
     if every is not None and (not isinstance(every, int) or every < 1 or every % k):
         raise ConfigError(f"checkpoint_every_steps must be null (at every validation) or a positive multiple of "

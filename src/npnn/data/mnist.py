@@ -70,8 +70,12 @@ def mnist_file(name: str, raw_dir: Path, mirrors: list[str]) -> Path:
     except OSError as err:  # offline, a read-only data dir, a bad archive (DataUnavailableError is one too)
         if corrupt is None and isinstance(err, DataUnavailableError):
             raise
-        cause = str(err) if isinstance(err, DataUnavailableError) else f"{type(err).__name__}: {err}" + (
-            f" (is {raw_dir} writable?)" if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC) else "")
+        if isinstance(err, DataUnavailableError):
+            cause = str(err)
+        else:
+            cause = f"{type(err).__name__}: {err}"
+            if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC):
+                cause += f" (is {raw_dir} writable?)"
         raise (ChecksumError if corrupt else DataUnavailableError)(
             f"{corrupt + '; ' if corrupt else ''}{cause}\nPut a good copy of {name} (md5 {md5}) at {path}, "
             f"or point data_dir at a writable folder that has it") from None
