@@ -6,27 +6,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from npnn.callbacks import Growth, RewindProtocol
+from npnn.callbacks import RewindProtocol
+from npnn.config import CONF_DIR, compose
 from npnn.data.download import DataUnavailableError
 from npnn.data.mnist import load_mnist
 from npnn.module import ConstantNetworkError, DivergenceError, NonFiniteLossError
 from npnn.train import ConfigError, build, main, validate_config
 from npnn.units import deaths_per_epoch, layer_lengths, layer_stats
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 QUIET = ["trainer.enable_progress_bar=false", "logger=none"]
 
 
 def config(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose(*overrides)
 
 
 def tiny(*overrides: str):
@@ -53,6 +51,8 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_config_composes_and_instantiates(name, tmp_path):
     cfg = config(f"experiment={name}", f"data_dir={tmp_path / 'data'}")
+    if OmegaConf.is_missing(cfg.model, "hidden_sizes") and cfg.model.kind == "parametric":  # table2_p: any sizes
+        cfg = config(f"experiment={name}", f"data_dir={tmp_path / 'data'}", "model.hidden_sizes=[5,5]")
     validate_config(cfg)
     OmegaConf.resolve(cfg)
     loader = OmegaConf.to_container(cfg.dataset.loader)
@@ -71,11 +71,9 @@ def test_every_experiment_config_composes_and_instantiates(name, tmp_path):
     splits = _loaded[key]
     features = splits.num_features if splits is not None else 784
     net = torch.nn.Linear(features, 3, bias=False)
-    opt_cfg = OmegaConf.to_container(cfg.optimizer)
-    ratio = opt_cfg.pop("alpha_r_lambda", None)
-    if opt_cfg["_target_"].startswith("npnn.optim"):
-        opt_cfg.update(alpha_r=opt_cfg["alpha_r"] or ratio / cfg["lambda"], lam=cfg["lambda"], dataset_size=10)
-    assert isinstance(instantiate(opt_cfg, [net.weight]), torch.optim.Optimizer)
+    make_optimizer = instantiate(cfg.optimizer)  # a partial: the module calls it with its param group
+    group = {"params": [net.weight], "lam": cfg["lambda"], "dataset_size": 10, "batch_size": 5}
+    assert isinstance(make_optimizer([group]), torch.optim.Optimizer)
     if cfg.protocol.get("_target_"):
         assert isinstance(instantiate(cfg.protocol), RewindProtocol)
     trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(tmp_path), enable_checkpointing=False)
@@ -96,7 +94,8 @@ def test_default_config_is_the_paper_poker_setting():
     cfg = config()
     assert cfg.dataset.source == "generated" and cfg.model.kind == "nonparametric"
     assert cfg.model.hidden_layers == 4 and cfg.model.start_units == 10
-    assert cfg.optimizer.alpha_r_lambda == 0.2 and cfg.model.growth.every == 0.1
+    assert cfg.dataset.alpha_r_lambda == 0.2 and cfg.optimizer.alpha_r == pytest.approx(0.2 / cfg["lambda"])
+    assert cfg.model.growth.every == 0.1 and cfg.protocol.kind == "nonparametric"
     assert cfg.protocol.patience == 10 and cfg.protocol.anneal_patience == 0.5
     assert cfg.optimizer.alpha_phi == 10 and cfg.model.output_norm  # 7.4.2 step 1; logits behind CapNorm (README)
     assert cfg["lambda"] > 0
@@ -104,33 +103,35 @@ def test_default_config_is_the_paper_poker_setting():
 
 # ------------------------------------------------------------- bad configs
 @pytest.mark.parametrize("override,message", [
-    ("lambda=-1", r"lambda must be a number >= 0"),
+    ("lambda=-1", r"needs lambda > 0, got lambda=-1: set optimizer.alpha_r to a number"),
+    (["lambda=-1", "optimizer.alpha_r=5"], r"model: lambda must be a finite number >= 0"),
+    ("lambda=0", r"optimizer.alpha_r = dataset.alpha_r_lambda / lambda needs lambda > 0"),
     ("model.start_units=0", r"model.start_units must be an integer >= 1"),
     ("model.start_units=[3,4,5]", r"or a list of 2 of them"),
-    ("protocol.patience=0", r"protocol.patience must be a number > 0"),
-    ("protocol.anneal_patience=-2", r"protocol.anneal_patience must be a number > 0"),
+    ("protocol.patience=0", r"protocol: .*protocol.patience and protocol.anneal_patience must be > 0"),
+    ("protocol.anneal_patience=-2", r"protocol: .*must be > 0 epochs, got 5 and -2"),
     ("model.kind=bayesian", r"model.kind must be one of \('nonparametric', 'parametric'\)"),
     ("model.norm=batchnorm", r"cannot grow: a nonparametric model needs one of \('capnorm', 'none'\)"),
-    ("model.growth.every=0", r"model.growth.every must be a number > 0"),
-    ("dataset.batch_size=0", r"dataset.batch_size must be an integer >= 1"),
-    ("dataset.eval_batch_size=0", r"dataset.eval_batch_size must be an integer >= 1"),
-    ("dataset.val_every=0", r"dataset.val_every must be a number > 0"),
-    ("dataset.val_every=2.5", r"dataset.val_every must be a fraction of an epoch in \(0, 1\]"),
+    ("model.growth.every=0", r"model.growth: model.growth.every \(epochs between additions\) must be a number > 0"),
+    ("optimizer.alpha_phi=-3", r"optimizer: AdaRad: alpha_phi must be a finite number >= 0, got -3"),
+    ("dataset.batch_size=0", r"dataset: dataset.batch_size must be an integer >= 1"),
+    ("dataset.eval_batch_size=0", r"dataset: dataset.eval_batch_size must be an integer >= 1"),
+    ("dataset.val_every=0", r"trainer.val_check_interval \(default: dataset.val_every\) must be > 0"),
+    ("dataset.val_every=2.5", r"trainer: .*invalid value 2.5 for val_check_interval"),
     ("overwrite=yes", r"overwrite must be true or false"),
     ("resume_changes=lambda", r"resume_changes must be a list of config keys"),
-    ("divergence.max_train_ce=-1", r"divergence.max_train_ce must be a number > 0"),
-    ("+divergence.max_loss=3", r"divergence.max_loss is not a setting; the limits are"),
+    ("divergence.max_train_ce=-1", r"model: divergence: each limit must be a number > 0 or null"),
+    ("+divergence.max_loss=3", r"model: divergence: unknown keys \['max_loss'\]; the limits are"),
 ])
-def test_bad_config_values_fail_early_with_the_key(override, message):
+def test_bad_config_values_fail_early_with_the_key(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
-        validate_config(tiny(override))
+        build(tiny(*([override] if isinstance(override, str) else override)), tmp_path)
 
 
-def test_parametric_model_needs_sizes_and_matching_protocol():
+def test_parametric_model_needs_sizes_and_the_protocol_follows_the_model():
     with pytest.raises(ConfigError, match=r"model.hidden_sizes, a list of positive widths"):
         validate_config(tiny("model=parametric"))
-    with pytest.raises(ConfigError, match=r"use protocol=parametric"):
-        validate_config(tiny("model=parametric", "model.hidden_sizes=[5]", "protocol=nonparametric"))
+    assert tiny("model=parametric", "model.hidden_sizes=[5]").protocol.kind == "parametric"
 
 
 @pytest.mark.parametrize("group", ["dataset=imagenet", "optimizer=lbfgs"])
@@ -144,7 +145,7 @@ def test_protocol_runs_through_every_phase_and_stops(tmp_path):
     cfg = tiny("dataset.patience=2", "dataset.anneal_patience=1", "trainer.max_epochs=200")
     trainer, module, dm = build(cfg, tmp_path)
     protocol = next(cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol))
-    growth = next(cb for cb in trainer.callbacks if isinstance(cb, Growth))
+    growth = module.growth
     events = []
     original = protocol._advance
 
@@ -153,7 +154,7 @@ def test_protocol_runs_through_every_phase_and_stops(tmp_path):
                       sizes=module_.net.hidden_sizes, step=module_.step_count)
         original(trainer_, module_)
         events.append(dict(before, to=protocol.phase, done=protocol.done, after_step=module_.step_count,
-                           after_sizes=module_.net.hidden_sizes, lam=module_.lam, alpha=module_.get_step_size(),
+                           after_sizes=module_.net.hidden_sizes, lam=module_.lam, alpha=module_.step_size,
                            growing=growth.enabled))
     protocol._advance = watch
     trainer.fit(module, datamodule=dm)
@@ -165,7 +166,7 @@ def test_protocol_runs_through_every_phase_and_stops(tmp_path):
     best_widths = [first["best_sizes"][f"linears.{l}.weight"].shape[0] for l in range(2)]
     assert first["after_sizes"] == best_widths  # ...with its shape
     assert not first["growing"] and first["lam"] == 1e-3
-    assert events[1]["lam"] == 0.0 and module.raw_optimizer.param_groups[0]["lam"] == 0.0  # lambda -> 0
+    assert events[1]["lam"] == 0.0 and module.optimizer.param_groups[0]["lam"] == 0.0  # lambda -> 0
     # prune -> fit rewinds P1 epochs: to the best VCE or the last elimination, whichever came later
     assert events[1]["best_step"] <= events[1]["after_step"] < events[1]["step"]
     alphas = [e["alpha"] for e in events]
@@ -186,7 +187,7 @@ def test_rewind_restores_weights_optimizer_state_and_records(tmp_path):
         if torch.is_tensor(v):
             assert torch.equal(net_state[k], v), k
     assert module.net.get_extra_state() == snap["net"]["_extra_state"]
-    opt_state = module.raw_optimizer.state_dict()
+    opt_state = module.optimizer.state_dict()
     for i, s in snap["optimizer"]["state"].items():
         assert all(torch.equal(opt_state["state"][i][k], s[k]) for k in s)
     assert module.step_count == protocol.best_step
@@ -243,6 +244,7 @@ def test_prune_stage_ends_at_its_length_limit(tmp_path):
 def run_steps(tmp_path, steps, ckpt=None, every=None):
     extra = [f"checkpoint_every_steps={every}"] if every else []
     cfg = tiny(f"trainer.max_steps={steps}", "trainer.deterministic=true", "protocol=none", "dataset.growth_every=0.35",
+               "steps_per_call=1",
                *extra, *([f"ckpt_path={ckpt}"] if ckpt else []))
     trainer, module, dm = build(cfg, tmp_path)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
@@ -262,7 +264,7 @@ def test_resume_mid_epoch_and_mid_growth_is_exact(tmp_path):
     for (name, a), b in zip(full.net.state_dict().items(), resumed.net.state_dict().values()):
         if torch.is_tensor(a):
             assert torch.equal(a, b), name
-    sa, sb = full.raw_optimizer.state_dict(), resumed.raw_optimizer.state_dict()
+    sa, sb = full.optimizer.state_dict(), resumed.optimizer.state_dict()
     assert torch.equal(sa["global"]["phi_max"], sb["global"]["phi_max"])
     for i in sa["state"]:
         assert all(torch.equal(sa["state"][i][k], sb["state"][i][k]) for k in sa["state"][i])
@@ -288,7 +290,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
 
 def test_a_diverged_run_stops_early_and_says_so(tmp_path):
     # the literal reading (plain logits) at lambda = 1e-6 with poker's alpha_r = 1 / (5 lambda) diverges
-    cfg = tiny("lambda=1e-6", "optimizer.alpha_r_lambda=0.2", "model.output_norm=false", "trainer.max_epochs=20",
+    cfg = tiny("lambda=1e-6", "dataset.alpha_r_lambda=0.2", "model.output_norm=false", "trainer.max_epochs=20",
                "protocol=none")
     with pytest.raises(DivergenceError, match=r"train cross-entropy is .* over 5 times a constant \(uniform\)"):
         main(cfg, tmp_path)
@@ -296,7 +298,7 @@ def test_a_diverged_run_stops_early_and_says_so(tmp_path):
     assert summary["stopped_by"] == "diverged" and "DivergenceError" in summary["error"]
     assert summary["epochs"] < 20  # stopped early, not at the budget
     # the same run with CapNorm on the logits (the default) trains
-    assert main(tiny("lambda=1e-6", "optimizer.alpha_r_lambda=0.2", "trainer.max_epochs=3", "protocol=none"),
+    assert main(tiny("lambda=1e-6", "dataset.alpha_r_lambda=0.2", "trainer.max_epochs=3", "protocol=none"),
                 tmp_path / "capnorm")["stopped_by"] == "budget"
 
 
@@ -308,7 +310,7 @@ def test_blown_up_steps_or_weights_stop_the_run(tmp_path, limit, message):
     metrics = dict(module.last_metrics)
     module.check_not_diverged(metrics)  # a healthy run passes
     if limit == "max_step_angle":
-        module.raw_optimizer.phi_max.fill_(1.0)  # a gradient blow-up: rotations of alpha_phi rad a step
+        module.optimizer.phi_max.fill_(1.0)  # a gradient blow-up: rotations of alpha_phi rad a step
     else:
         with torch.no_grad():
             module.net.linears[-1].weight[0, 0] = 1e5
@@ -396,22 +398,23 @@ def test_last_checkpoint_is_written_at_every_validation(tmp_path):
 
 
 def test_several_steps_per_call_train_exactly_as_one(tmp_path):
-    """dataset.steps_per_call hands the training step lists of batches: the same optimizer steps, growth,
-    pruning, validations and rewinds, bit for bit, with the trainer's per-call overhead paid less often."""
+    """steps_per_call hands the training step lists of batches: the same optimizer steps, growth,
+    pruning, validations, rewinds and budget end, bit for bit, with Lightning's per-call overhead paid less often."""
     runs = {}
-    for k in (1, 4):
-        cfg = tiny(f"dataset.steps_per_call={k}", "trainer.max_epochs=8", "protocol.patience=2", "lambda=3e-3",
+    for k in (1, "auto"):
+        cfg = tiny(f"steps_per_call={k}", "trainer.max_epochs=8", "protocol.patience=2", "lambda=3e-3",
                    "optimizer.alpha_r=100")
         trainer, module, dm = build(cfg, tmp_path / str(k))
         trainer.fit(module, datamodule=dm)
-        assert trainer.num_training_batches == 20 // k
+        assert trainer.num_training_batches == (20 if k == 1 else 4)  # auto: 5, the largest divisor <= 8 of 20
         runs[k] = module
-    one, four = runs[1], runs[4]
-    assert one.step_count == four.step_count and one.net.hidden_sizes == four.net.hidden_sizes
-    assert one.net.unit_records() == four.net.unit_records()
+    one, five = runs[1], runs["auto"]
+    assert one.step_count == five.step_count and one.net.hidden_sizes == five.net.hidden_sizes
+    assert one.net.unit_records() == five.net.unit_records()
     assert any(r["death"] is not None for r in one.net.unit_records())  # pruning happened
-    for (name, a), b in zip(one.net.state_dict().items(), four.net.state_dict().values()):
+    for (name, a), b in zip(one.net.state_dict().items(), five.net.state_dict().values()):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b), name
-    with pytest.raises(ConfigError, match="steps_per_call"):
-        validate_config(tiny("dataset.steps_per_call=0"))
+    trainer, module, dm = build(tiny("trainer.max_steps=23", "protocol=none"), tmp_path / "budget")
+    trainer.fit(module, datamodule=dm)
+    assert module.step_count == trainer.global_step == 23  # a budget inside a list of 5 ends on its step

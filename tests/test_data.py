@@ -229,22 +229,26 @@ def test_logistic_regression_baseline_on_generated_poker():
 def test_permutation_batches_cover_every_row_once_per_epoch():
     x, y = torch.arange(25.0).unsqueeze(1), torch.arange(25)
     batches = PermutationBatches(x, y, batch_size=10, seed=0)
-    assert len(batches) == 3
-    epoch1 = torch.cat([b[1] for b in batches])
-    epoch2 = torch.cat([b[1] for b in batches])
+    assert len(batches) == batches.num_batches == 3
+    epoch1 = torch.cat([b[1] for [b] in batches])  # lists of steps_per_call = 1 batch
+    epoch2 = torch.cat([b[1] for [b] in batches])
     assert sorted(epoch1.tolist()) == list(range(25)) == sorted(epoch2.tolist())
     assert not torch.equal(epoch1, epoch2)  # a fresh permutation every epoch
+    lists = PermutationBatches(x, y, batch_size=10, seed=0, steps_per_call=2)
+    first = list(lists)
+    assert len(lists) == 2 and [len(batch) for batch in first] == [2, 1]  # the same batches, two per list
+    assert torch.equal(torch.cat([b[1] for batch in first for b in batch]), epoch1)
 
 
 def test_permutation_batches_resume_mid_epoch():
     x, y = torch.arange(50.0).unsqueeze(1), torch.arange(50)
     a = PermutationBatches(x, y, batch_size=10, seed=1)
     it = iter(a)
-    first = [next(it)[1] for _ in range(2)]
+    first = [next(it)[0][1] for _ in range(2)]
     state = a.state_dict()
-    rest = [b[1] for b in it] + [b[1] for b in a]
+    rest = [b[1] for [b] in it] + [b[1] for [b] in a]
     b = PermutationBatches(x, y, batch_size=10, seed=99)
     b.load_state_dict(state)
-    resumed = [bb[1] for bb in b] + [bb[1] for bb in b]
+    resumed = [bb[1] for [bb] in b] + [bb[1] for [bb] in b]
     assert all(torch.equal(p, q) for p, q in zip(rest, resumed)) and len(rest) == len(resumed) == 8
     assert len(first) == 2

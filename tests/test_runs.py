@@ -15,22 +15,21 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 
 from npnn.baselines import main as baselines_main
 from npnn.data.download import ChecksumError
 from npnn.data.mnist import MNIST_FILES, mnist_file
 from npnn.module import ChanceLevelError
 from npnn.runs import CheckpointError, RunDirError, RunInterrupted, StopOnSignal
-from npnn.train import ConfigError, build, check_steps_per_call, main
+from npnn.config import compose
+from npnn.train import ConfigError, build, main, steps_per_call
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["trainer.enable_progress_bar=false", "logger=none"]
 
 
 def tiny(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["dataset=synthetic", "lambda=1e-3", *QUIET, *overrides])
+    return compose("dataset=synthetic", "lambda=1e-3", *QUIET, *overrides)
 
 
 def train_cli(run_dir: Path, *overrides: str, cwd: Path) -> subprocess.Popen:
@@ -140,7 +139,8 @@ def test_sigterm_checkpoints_exits_non_zero_and_the_resume_equals_the_uninterrup
 
 @pytest.mark.parametrize("at_step", [19, 20])  # 20 ends an epoch: a validation follows that step
 def test_a_signal_at_any_step_resumes_to_the_uninterrupted_run(tmp_path, at_step):
-    overrides = ["trainer.max_epochs=14", "protocol.patience=2", "lambda=3e-3", "optimizer.alpha_r=100"]
+    overrides = ["trainer.max_epochs=14", "protocol.patience=2", "lambda=3e-3", "optimizer.alpha_r=100",
+                 "steps_per_call=1"]
     full = main(tiny(*overrides), tmp_path / "full")
     assert len(full["protocol"]) >= 2  # the protocol rewinds and changes stage in this run
 
@@ -217,8 +217,8 @@ def test_a_fresh_run_refuses_a_directory_that_holds_a_run(tmp_path):
     with pytest.raises(RunDirError, match=r"already holds a run .*overwrite=true"):
         main(tiny("trainer.max_epochs=3", "lambda=1e-2"), tmp_path)
     assert all(p.read_bytes() == b for p, b in before.items())
-    with pytest.raises(ConfigError, match="steps_per_call"):  # a run that fails its checks deletes nothing
-        main(tiny("overwrite=true", "dataset.steps_per_call=3"), tmp_path)
+    with pytest.raises(ConfigError, match="protocol.patience"):  # a run that fails its checks deletes nothing
+        main(tiny("overwrite=true", "protocol.patience=0"), tmp_path)
     assert all(p.read_bytes() == b for p, b in before.items())
     summary = main(tiny("trainer.max_epochs=3", "protocol=none", "overwrite=true", "logger=csv"), tmp_path)
     assert summary["epochs"] == 3.0  # replaced it
@@ -245,19 +245,25 @@ def test_a_resume_drops_unit_length_rows_written_after_its_checkpoint(tmp_path):
         trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
 
     run(tmp_path / "full", 85)
-    run(tmp_path / "killed", 85, "checkpoint_every_steps=47")  # dies at 85; its last checkpoint is at 47
-    run(tmp_path / "killed", 85, f"ckpt_path={tmp_path / 'killed/checkpoints/last.ckpt'}")
+    run(tmp_path / "killed", 85, "checkpoint_every_steps=47", "steps_per_call=1")  # dies at 85; checkpoint at 47
+    run(tmp_path / "killed", 85, "steps_per_call=1", f"ckpt_path={tmp_path / 'killed/checkpoints/last.ckpt'}")
     assert (tmp_path / "killed" / "unit_lengths.csv").read_text() == (tmp_path / "full" / "unit_lengths.csv").read_text()
 
 
 # ------------------------------------------------------ 5. checked constraints
-def test_steps_per_call_must_divide_the_steps_between_validations(tmp_path):
-    with pytest.raises(ConfigError, match=r"steps_per_call=3 must divide the 20 optimizer steps of an epoch"):
-        build(tiny("dataset.steps_per_call=3"), tmp_path)
-    poker = tiny("dataset=poker", "dataset.steps_per_call=3")
-    with pytest.raises(ConfigError, match=r"800 optimizer steps of an epoch and the 80 steps between validations"):
-        check_steps_per_call(poker, 800)
-    check_steps_per_call(tiny("dataset=poker"), 800)  # the default, 8, divides both
+def test_steps_per_call_must_divide_the_steps_between_validations_and_checkpoints(tmp_path):
+    with pytest.raises(ConfigError, match=r"steps_per_call=3 \(from 3\) must divide the 20 steps of an epoch"):
+        build(tiny("steps_per_call=3"), tmp_path)
+    poker = tiny("dataset=poker", "steps_per_call=32")
+    with pytest.raises(ConfigError, match=r"800 steps of an epoch, the 80 steps between validations"):
+        steps_per_call(poker, 800)
+    assert steps_per_call(tiny("dataset=poker"), 800) == 8 and steps_per_call(tiny("dataset=mnist"), 50) == 5
+    with pytest.raises(ConfigError, match=r"steps_per_call=8 \(from auto\) must divide .*checkpoint_every_steps=100"):
+        steps_per_call(tiny("dataset=poker", "checkpoint_every_steps=100"), 800)
+    main(tiny("trainer.max_epochs=1", "protocol=none"), tmp_path / "a")
+    with pytest.raises(CheckpointError, match=r"cannot change on resume"):  # it would move the validations
+        main(tiny("steps_per_call=2", "trainer.max_epochs=2", "protocol=none", "resume_changes=[steps_per_call]",
+                  f"ckpt_path={tmp_path / 'a/checkpoints/last.ckpt'}"), tmp_path / "a")
 
 
 # ------------------------------------------------------------- 6. clear errors

@@ -1,4 +1,5 @@
 """npnn: Nonparametric Neural Networks (Philipp & Carbonell, ICLR 2017)."""
+import npnn.config  # noqa: F401  (registers the configs' ${npnn.alpha_r:...} resolver)
 from npnn.nn import CapNorm, NonparametricMLP
 from npnn.optim import AdaRad, AdaRadM
 from npnn.regularizers import omega_in, omega_out

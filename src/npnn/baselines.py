@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
+
+from npnn.config import CONF_DIR, compose
 
 __all__ = ["MODELS", "baseline_errors"]
 
 MODELS = ("logistic_regression", "naive_bayes", "decision_tree")
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def make_model(name: str, seed: int = 0):
@@ -30,12 +30,9 @@ def make_model(name: str, seed: int = 0):
 
 
 def load_dataset(name: str, data_dir: str, seed: int = 0):
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"dataset={name}", f"data_dir={data_dir}", f"seed={seed}"])
-    return instantiate(cfg.dataset.loader)
+    return instantiate(compose(f"dataset={name}", f"data_dir={data_dir}", f"seed={seed}").dataset.loader)
 
 
 def baseline_errors(splits, models=MODELS, seed: int = 0) -> dict[str, float]:
@@ -48,7 +45,7 @@ def baseline_errors(splits, models=MODELS, seed: int = 0) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     from npnn.data.download import DataUnavailableError
 
-    datasets = sorted(p.stem for p in CONF.joinpath("dataset").glob("*.yaml"))
+    datasets = sorted(p.stem for p in CONF_DIR.joinpath("dataset").glob("*.yaml"))
     parser = argparse.ArgumentParser(prog="python -m npnn.baselines", description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", choices=datasets, default=["poker"], metavar="NAME",
                         help=f"one or more of {', '.join(datasets)} (default: poker)")

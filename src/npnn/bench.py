@@ -1,13 +1,18 @@
 """Benchmarks that print ratios against a baseline timed in the same process.
 
     python -m npnn.bench optimizer [--shapes mnist poker] [--rounds 30] [--steps 10]
-    python -m npnn.bench epoch [--sizes 23 24 15 4] [--epochs 3]
+    python -m npnn.bench kernels [--rounds 30]
+    python -m npnn.bench epoch [--dataset poker|mnist] [--sizes ...] [--epochs 3] [--data-dir DIR]
     python -m npnn.bench lightning [--sizes 43 44 35 24] [--rounds 5]
 
-``epoch`` times poker epochs of the app (``python train.py dataset=poker``, starting from
-``--sizes``) against a plain PyTorch loop training a BatchNorm net of the app's size with
-RMSprop, validating as often: every interval between two validations of the app is followed
-by a plain-loop segment of as many steps, and the ratios are printed.
+``epoch`` times epochs of the app (``python train.py dataset=poker``; ``--dataset mnist``: the
+Fig. 3 setting, ``experiment=fig3_mnist``), starting from ``--sizes``, against a plain PyTorch
+loop training a BatchNorm net of the app's size with RMSprop, validating as often: every
+interval between two validations of the app is followed by a plain-loop segment of as many
+steps, and the ratios are printed.
+
+``kernels`` times each fused CPU kernel (:mod:`npnn.fused`) against the eager code it replaces,
+on poker's and mnist's shapes.
 
 ``optimizer`` times one optimizer step (gradients given) on the weight shapes of the
 paper's MNIST net (784-1000-1000-10) and a poker-like net (10-300-260-260-130-2):
@@ -22,7 +27,6 @@ import argparse
 import logging
 import statistics
 import time
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -128,8 +132,8 @@ class PlainLoop:
     """A plain PyTorch loop: a fixed BatchNorm net, RMSprop, batches of 1000 by permutation, and a
     validation (forward passes over the validation and test sets) after every segment."""
 
-    def __init__(self, splits) -> None:
-        self.splits = splits
+    def __init__(self, splits, batch_size: int = 1000, eval_batch_size: int = 25_000) -> None:
+        self.splits, self.batch_size, self.eval_batch_size = splits, batch_size, eval_batch_size
         self.generator = torch.Generator().manual_seed(0)
         self.perm = torch.randperm(len(splits.y_train), generator=self.generator)
         self.position = 0
@@ -142,16 +146,16 @@ class PlainLoop:
         x, y, n = s.x_train, s.y_train, len(s.y_train)
         start = time.perf_counter()
         for _ in range(steps):
-            if self.position + 1000 > n:
+            if self.position + self.batch_size > n:
                 self.perm, self.position = torch.randperm(n, generator=self.generator), 0
-            idx = self.perm[self.position:self.position + 1000]
-            self.position += 1000
+            idx = self.perm[self.position:self.position + self.batch_size]
+            self.position += self.batch_size
             plain_step(net, opt, x.index_select(0, idx), y.index_select(0, idx), n)  # gathered as the app's loader
         net.eval()
         with torch.no_grad():
             for xs in (s.x_val, s.x_test):
-                for j in range(0, len(xs), 25_000):
-                    net(xs[j:j + 25_000]).argmax(1)
+                for j in range(0, len(xs), self.eval_batch_size):
+                    net(xs[j:j + self.eval_batch_size]).argmax(1)
         return time.perf_counter() - start
 
 
@@ -177,30 +181,35 @@ class _Interleave(pl.Callback):
         self._start, self._step = time.perf_counter(), module.step_count
 
 
-def bench_epoch(sizes: list[int], epochs: int) -> float:
-    """Poker epochs of ``python train.py dataset=poker`` (protocol, growth, ten validations an epoch,
+EPOCH_SETTINGS = {  # the app's config for `epoch`, and the default starting sizes
+    "poker": (["dataset=poker", "lambda=1e-3", "optimizer.alpha_phi=100"], [23, 24, 15, 4]),
+    "mnist": (["experiment=fig3_mnist"], [190, 20]),  # Fig. 3 grows to 218-17
+}
+
+
+def bench_epoch(dataset: str, sizes: list[int] | None, epochs: int, data_dir: str = "data") -> float:
+    """Epochs of ``python train.py`` on ``dataset`` (protocol or not as configured, growth, validations,
     checkpoints), starting from ``sizes``, paired interval by interval with a plain loop at the app's sizes."""
     import tempfile
 
-    from hydra import compose, initialize_config_dir
-
+    from npnn.config import compose
     from npnn.train import build
 
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=poker", "lambda=1e-3", "optimizer.alpha_phi=100",
-                                           f"model.start_units={list(sizes)}",
-                                           f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false"])
+    overrides, default_sizes = EPOCH_SETTINGS[dataset]
+    sizes = sizes or default_sizes
+    cfg = compose(*overrides, f"data_dir={data_dir}", f"model.start_units={list(sizes)}",
+                  f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false")
     with tempfile.TemporaryDirectory() as run_dir:
         trainer, module, dm = build(cfg, run_dir)
-        timer = _Interleave(PlainLoop(dm.splits))
+        timer = _Interleave(PlainLoop(dm.splits, dm.batch_size, dm.eval_batch_size))
         trainer.callbacks.append(timer)
         trainer.fit(module, datamodule=dm)
     per_epoch = len(timer.app) // epochs
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; poker, {epochs} epochs of the app (fused "
-          f"kernels {'on' if npnn_fused.active(torch.zeros(1)) else 'off'}), 10 validations an epoch (validation + test "
-          f"sets); each interval between validations paired with a plain-loop segment of as many steps")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {dataset}, {epochs} epochs of the app (fused "
+          f"kernels {'on' if npnn_fused.active(torch.zeros(1)) else 'off'}), {per_epoch} validation(s) an epoch "
+          f"(validation + test sets); each interval between validations paired with a plain-loop segment of as "
+          f"many steps")
     for e in range(epochs):
         sl = slice(e * per_epoch, (e + 1) * per_epoch)
         app, plain = sum(timer.app[sl]), sum(timer.plain_times[sl])
@@ -208,10 +217,68 @@ def bench_epoch(sizes: list[int], epochs: int) -> float:
               f"{plain:.2f} s, ratio {app / plain:.2f}")
     ratios = [a / p for a, p in zip(timer.app, timer.plain_times)]
     total = sum(timer.app) / sum(timer.plain_times)
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     print(f"ratio app / plain: all epochs {total:.2f}; median over {len(ratios)} intervals "
-          f"{statistics.median(ratios):.2f} (quartiles {statistics.quantiles(ratios, n=4)[0]:.2f}-"
-          f"{statistics.quantiles(ratios, n=4)[2]:.2f})")
+          f"{statistics.median(ratios):.2f} (quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f})")
     return statistics.median(ratios)
+
+
+def _median_time(fn, rounds: int, calls: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls)
+    return statistics.median(times)
+
+
+def bench_kernels(rounds: int) -> dict[str, float]:
+    """Each fused kernel against the eager code it replaces (``npnn.fused.use(False)``), median per call."""
+    from npnn.nn import CapNorm, NonparametricMLP
+
+    if not npnn_fused.load():
+        raise SystemExit("the fused kernels are not available here (python -m npnn.fused says why)")
+    g = torch.Generator().manual_seed(0)
+    cases = {}
+    for name, batch, eval_batch, widths in (("poker", 1000, 25_000, [10, 43, 44, 35, 24]),
+                                            ("mnist", 1000, 10_000, [784, 190, 20])):
+        norm = CapNorm(widths[1])
+        z = torch.randn(batch, widths[1], generator=g).requires_grad_()
+        length = torch.rand(widths[1], generator=g) + 0.5
+        dy = torch.randn(batch, widths[1], generator=g)
+
+        def train_step(norm=norm, z=z, length=length, dy=dy):
+            norm(z, length, relu=True).backward(dy)
+
+        z_eval = torch.randn(eval_batch, widths[1], generator=g)
+        eval_norm = CapNorm(widths[1]).eval()
+
+        def evaluate(norm=eval_norm, z=z_eval, length=length):
+            with torch.no_grad():
+                norm(z, length, relu=True)
+
+        net = NonparametricMLP(widths[0], widths[1:-1], widths[-1])
+
+        def dead_check(net=net):
+            net.remove_dead_units()
+
+        cases[f"{name}: CapNorm forward + backward, {batch} x {widths[1]}"] = train_step
+        cases[f"{name}: CapNorm evaluation, {eval_batch} x {widths[1]}"] = evaluate
+        cases[f"{name}: dead-unit check, {'-'.join(map(str, widths))}"] = dead_check
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {rounds} rounds; eager: "
+          f"npnn.fused.use(False). (The AdaRad kernel: python -m npnn.bench optimizer)")
+    print(f"{'kernel, shape':<52}{'fused us':>10}{'eager us':>10}{'eager / fused':>15}")
+    ratios = {}
+    for label, fn in cases.items():
+        calls = 20 if "evaluation" in label else 200
+        fused = _median_time(fn, rounds, calls)
+        with npnn_fused.use(False):
+            eager = _median_time(fn, rounds, calls)
+        ratios[label] = eager / fused
+        print(f"{label:<52}{fused * 1e6:>10.1f}{eager * 1e6:>10.1f}{eager / fused:>15.2f}")
+    return ratios
 
 
 def bench_lightning(sizes: list[int], rounds: int) -> float:
@@ -277,9 +344,15 @@ def main(argv: list[str] | None = None) -> None:
     p_opt.add_argument("--rounds", type=int, default=30)
     p_opt.add_argument("--steps", type=int, default=10)
     p_opt.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p_epoch = sub.add_parser("epoch", help="poker epoch: the app vs a plain PyTorch loop")
-    p_epoch.add_argument("--sizes", type=int, nargs="+", default=[23, 24, 15, 4])
+    p_kernels = sub.add_parser("kernels", help="each fused CPU kernel against the eager code it replaces")
+    p_kernels.add_argument("--rounds", type=int, default=30)
+    p_kernels.add_argument("--threads", type=int, default=None)
+    p_epoch = sub.add_parser("epoch", help="epochs of the app vs a plain PyTorch loop")
+    p_epoch.add_argument("--dataset", choices=sorted(EPOCH_SETTINGS), default="poker")
+    p_epoch.add_argument("--sizes", type=int, nargs="+", default=None,
+                         help="starting hidden sizes (poker: 23 24 15 4; mnist: 190 20)")
     p_epoch.add_argument("--epochs", type=int, default=3)
+    p_epoch.add_argument("--data-dir", default="data", help="where the data sets are (mnist: its raw files)")
     p_epoch.add_argument("--threads", type=int, default=None)
     p_light = sub.add_parser("lightning", help="Lightning's training loop vs the same steps in a bare loop")
     p_light.add_argument("--sizes", type=int, nargs="+", default=[43, 44, 35, 24])
@@ -290,8 +363,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.what == "optimizer":
         bench_optimizer(args.shapes, args.rounds, args.steps)
+    elif args.what == "kernels":
+        bench_kernels(args.rounds)
     elif args.what == "epoch":
-        bench_epoch(args.sizes, args.epochs)
+        bench_epoch(args.dataset, args.sizes, args.epochs, args.data_dir)
     elif args.what == "lightning":
         bench_lightning(args.sizes, args.rounds)
 

@@ -1,4 +1,8 @@
-"""Callbacks: unit growth and pruning (Alg. 1 lines 18-24), the rewind protocols (7.4.1 / 7.4.2), unit logs."""
+"""Callbacks, which act at validations: the rewind protocols (7.4.1 / 7.4.2) and the unit logs.
+
+Unit growth and pruning (Alg. 1 lines 18-24) belong to every step: :class:`npnn.module.Growth`,
+run by the module's ``training_step``.
+"""
 from __future__ import annotations
 
 import csv
@@ -9,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import Callback
 
 from npnn.module import NonparametricModule
 from npnn.runs import write_atomic
 
-__all__ = ["Growth", "RewindProtocol", "UnitLogger", "epochs_to_steps"]
+__all__ = ["RewindProtocol", "UnitLogger", "epochs_to_steps"]
 
 log = logging.getLogger(__name__)
 
@@ -23,49 +26,6 @@ log = logging.getLogger(__name__)
 def epochs_to_steps(epochs: float, trainer: pl.Trainer) -> int:
     """A duration in (possibly fractional) epochs, in optimizer steps (at least 1)."""
     return max(1, round(epochs * trainer.lightning_module.steps_per_epoch))
-
-
-class Growth(Callback):
-    """Removes dead units after every step and adds ``rate`` units to every hidden layer every ``every`` epochs.
-
-    Removal: every hidden unit whose fan-in AdaRad's shrinkage made exactly zero (Alg. 1
-    lines 18-19). Addition: ``rate`` units per layer (``Poisson(rate)`` if not an integer,
-    line 23) with random fan-in and zero fan-out (line 24), every ``every`` epochs (Table 3:
-    once an epoch; poker ten times an epoch), while ``enabled`` and before epoch ``until``
-    (Fig. 3: 1000). The protocol switches addition off; removal goes on.
-    """
-
-    def __init__(self, rate: float = 1.0, every: float = 1.0, until: float | None = None, seed: int = 0,
-                 enabled: bool = True) -> None:
-        if not (rate >= 0 and math.isfinite(rate)):
-            raise ValueError(f"growth.rate must be a finite number >= 0, got {rate!r}")
-        if not every > 0:
-            raise ValueError(f"growth.every (epochs between additions) must be > 0, got {every!r}")
-        if until is not None and not until >= 0:
-            raise ValueError(f"growth.until (epoch after which no units are added) must be >= 0 or null, got {until!r}")
-        self.rate, self.every, self.enabled = float(rate), float(every), bool(enabled)
-        self.until = None if until is None else float(until)
-        self.generator = torch.Generator().manual_seed(int(seed))
-
-    def after_step(self, trainer, module: NonparametricModule) -> None:
-        """Called by the module after every optimizer step."""
-        opt = module.raw_optimizer
-        removed = sum(module.net.remove_dead_units(step=module.step_count, optimizer=opt))
-        if removed:
-            module.units_removed += removed
-            module.last_removal_step = module.step_count
-        if self.until is not None and module.step_count >= round(self.until * module.steps_per_epoch):
-            self.enabled = False
-        if self.enabled and module.step_count % epochs_to_steps(self.every, trainer) == 0:
-            module.units_added += sum(module.net.grow(self.rate, step=module.step_count, optimizer=opt,
-                                                      generator=self.generator))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.enabled = state["enabled"]
-        self.generator.set_state(state["generator"])
 
 
 class RewindProtocol(Callback):
@@ -89,8 +49,9 @@ class RewindProtocol(Callback):
     consecutive stalls, or once the step size would fall below ``min_step_size``, the run
     stops at the best state. A rewind restores the network with its shape, the optimizer
     state, the unit records, the step counter and the RNG states (torch and growth) of the
-    best validation point; the training data order is not rewound. The protocol owns lambda
-    and the step size: it sets them again after every rewind.
+    best validation point; the training data order is not rewound. The protocol is the one
+    writer of lambda and the step size, which live in the optimizer's ``param_groups``: a rewind
+    keeps them, and each stage change sets them.
     """
 
     PHASES = {"nonparametric": ("grow", "prune", "fit", "anneal"), "parametric": ("fit", "anneal")}
@@ -118,8 +79,6 @@ class RewindProtocol(Callback):
         self._last_validation_step = 0
         self.stage_improved = False
         self.stalls = 0
-        self.lam: float | None = None  # the protocol's lambda and step size, set on fit start
-        self.step_size: float | None = None
         self.done = False
         self.history: list[dict[str, Any]] = []
 
@@ -133,8 +92,6 @@ class RewindProtocol(Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer, module: NonparametricModule) -> None:
-        if self.step_size is None:
-            self.lam, self.step_size = module.lam, module.get_step_size()
         if self.done:
             trainer.should_stop = True
 
@@ -166,71 +123,57 @@ class RewindProtocol(Callback):
         return step - stage_start >= epochs_to_steps(self.max_prune_epochs, trainer)
 
     def _snapshot(self, trainer, module: NonparametricModule, vce: float) -> dict[str, Any]:
-        return {"module": module.snapshot(), "growth": self._growth_state(trainer), "vce": vce,
-                "step": module.step_count}
+        return {"module": module.snapshot(), "vce": vce, "step": module.step_count}
 
     def on_fit_end(self, trainer, module: NonparametricModule) -> None:
         """Whatever ended the run (stop rule or budget), the final network is the best one."""
         if self.best is not None and module.step_count != self.best_step:
             self.anchor = self.best
-            self._rewind(trainer, module)
+            self._rewind(module)
 
     # ------------------------------------------------------------ transitions
     def _advance(self, trainer, module: NonparametricModule) -> None:
         old = self.phase
-        self._rewind(trainer, module)
+        self._rewind(module)
         if self.phase == "grow":
             self.phase = "prune"
-            for growth in self._growth_callbacks(trainer):
-                growth.enabled = False
+            if module.growth is not None:
+                module.growth.enabled = False
         elif self.phase == "prune":
-            self.phase, self.lam = "fit", 0.0
+            self.phase = "fit"
+            self._set(module, "lam", 0.0)
         else:  # fit, anneal
             stalled = self.phase == "anneal" and not self.stage_improved
             self.stalls = self.stalls + 1 if stalled else 0
-            new_step = self.step_size / self.factor
+            new_step = module.step_size / self.factor
             if self.stalls >= self.max_stalls or new_step < self.min_step_size:
                 self.done, trainer.should_stop = True, True
             else:
-                self.phase, self.step_size = "anneal", new_step
+                self.phase = "anneal"
+                self._set(module, module.step_size_key, new_step)
         self.stage_improved = False
-        self._apply(module)
         event = {"step": module.step_count, "from": old, "to": "stop" if self.done else self.phase,
-                 "best_vce": self.best_vce, "lambda": self.lam, "step_size": self.step_size}
+                 "best_vce": self.best_vce, "lambda": module.lam, "step_size": module.step_size}
         self.history.append(event)
         log.info("protocol: %s -> %s at step %d (best VCE %.5f, lambda %g, step size %g)", old, event["to"],
-                 module.step_count, self.best_vce, self.lam, self.step_size)
+                 module.step_count, self.best_vce, module.lam, module.step_size)
 
-    def _rewind(self, trainer, module: NonparametricModule) -> None:
+    def _rewind(self, module: NonparametricModule) -> None:
         """Back to the anchor: the best-VCE state, or in the prune phase the later state after the last
         elimination (the paper rewinds "the last P1 epochs"), which then counts as the best."""
-        target = self.anchor
-        module.restore(target["module"])
-        self.best = target
-        self._last_validation_step = target["step"]
-        for growth, state in zip(self._growth_callbacks(trainer), target["growth"]):
-            enabled = growth.enabled
-            growth.load_state_dict(state)
-            growth.enabled = enabled  # the protocol, not the snapshot, decides whether units are added
-        self._apply(module)
-
-    def _apply(self, module: NonparametricModule) -> None:
-        module.set_lambda(self.lam)
-        module.set_step_size(self.step_size)
+        module.restore(self.anchor["module"])
+        self.best = self.anchor
+        self._last_validation_step = self.anchor["step"]
 
     @staticmethod
-    def _growth_callbacks(trainer) -> list[Growth]:
-        return [cb for cb in trainer.callbacks if isinstance(cb, Growth)]
-
-    def _growth_state(self, trainer) -> list[dict]:
-        return [{k: (v.clone() if torch.is_tensor(v) else v) for k, v in g.state_dict().items()}
-                for g in self._growth_callbacks(trainer)]
+    def _set(module: NonparametricModule, key: str, value: float) -> None:
+        for group in module.optimizer.param_groups:
+            group[key] = float(value)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("phase", "best", "anchor", "stage_improved",
-                                               "stalls", "lam", "step_size", "done", "history",
-                                               "_last_validation_step")}
+                                               "stalls", "done", "history", "_last_validation_step")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, v in state.items():

@@ -1,4 +1,9 @@
-"""Fused CPU kernels (``csrc/fused.cpp``), compiled on first use.
+"""Fused CPU kernels (``csrc/fused.cpp``), compiled on first use: the one seam between them and npnn.
+
+``npnn.nn`` and ``npnn.optim`` are the eager reference code; where a kernel can do the same
+work, they call a function below, which runs the kernel or returns ``None`` to say that it does
+not apply (a GPU tensor, another dtype, kernels switched off or not built). No other module
+calls ``torch.ops.npnn``.
 
 AdaRad in eager PyTorch needs three row reductions and two passes per weight plus ~30
 small ops on per-row vectors, CapNorm about eight ops each way; on CPU that per-call
@@ -25,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DTYPES", "active", "disabled_by_env", "load", "use"]
+__all__ = ["DTYPES", "active", "disabled_by_env", "load", "use", "adarad_step_", "capnorm_forward_",
+           "capnorm_backward", "capnorm_eval", "count_zero_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +105,46 @@ def use(on: bool):
         yield
     finally:
         _switch["on"] = before
+
+
+# -------------------------------------------------------------------- the seam
+def adarad_step_(weights: list[torch.Tensor], grads: list[torch.Tensor], phibar: list[torch.Tensor],
+                 c: list[torch.Tensor], phi_max: torch.Tensor, c_max: torch.Tensor, alpha_r: float, alpha_phi: float,
+                 beta: float, eps: float, tau: float) -> None:
+    """Algorithm 1 lines 11-17 for every row of ``weights``, in place, in two passes over memory.
+    The caller (``AdaRad``) has checked that it applies."""
+    torch.ops.npnn.adarad_step_(weights, grads, phibar, c, phi_max, c_max, float(alpha_r), float(alpha_phi),
+                                float(beta), float(eps), float(tau))
+
+
+def capnorm_forward_(z: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                     fan_in_norm: torch.Tensor | None, momentum: float,
+                     relu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """CapNorm of a training batch (and the ReLU if ``relu``), updating the running statistics:
+    ``(out, xhat, var)``, or None where the kernel does not apply."""
+    if not active(z):
+        return None
+    return torch.ops.npnn.capnorm_forward_(z.contiguous(), running_mean, running_var, fan_in_norm, momentum, relu)
+
+
+def capnorm_backward(dy: torch.Tensor, xhat: torch.Tensor, var: torch.Tensor, relu: bool) -> torch.Tensor:
+    """The gradient of a CapNorm whose forward ran in :func:`capnorm_forward_`."""
+    return torch.ops.npnn.capnorm_backward(dy, xhat, var, relu)
+
+
+def capnorm_eval(z: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, relu: bool) -> torch.Tensor | None:
+    """``(z - mean) / max(sqrt(var), 1)`` (and the ReLU) with stored statistics, or None where the kernel does
+    not apply (it has no backward)."""
+    if not active(z) or (z.requires_grad and torch.is_grad_enabled()):
+        return None
+    return torch.ops.npnn.capnorm_eval(z, mean, var, relu)
+
+
+def count_zero_rows(weights: list[torch.Tensor]) -> list[int] | None:
+    """The number of all-zero rows of each weight, or None where the kernel does not apply."""
+    if not weights or not active(weights[0]):
+        return None
+    return torch.ops.npnn.count_zero_rows([w.detach() for w in weights])
 
 
 def main(argv: list[str] | None = None) -> None:

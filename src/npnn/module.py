@@ -3,19 +3,18 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from torchmetrics.classification import MulticlassAccuracy
 
 from npnn.nn import NonparametricMLP
 from npnn.optim import AdaRad, group_shrink_
 from npnn.regularizers import objective
 
-__all__ = ["NonparametricModule", "TrainingError", "NonFiniteLossError", "ConstantNetworkError",
+__all__ = ["NonparametricModule", "Growth", "TrainingError", "NonFiniteLossError", "ConstantNetworkError",
            "DivergenceError", "ChanceLevelError"]
 
 
@@ -54,22 +53,75 @@ def _group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
     return [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
 
 
+class Growth:
+    """Algorithm 1 lines 18-24, run by the module after every optimizer step.
+
+    Removal: every hidden unit whose fan-in AdaRad's shrinkage made exactly zero (lines
+    18-19). Addition: ``rate`` units per layer (``Poisson(rate)`` if not an integer, line 23)
+    with random fan-in and zero fan-out (line 24), every ``every`` epochs (Table 3: once an
+    epoch; poker ten times an epoch), while ``enabled`` and before epoch ``until`` (Fig. 3:
+    1000). The protocol switches addition off; removal goes on.
+    """
+
+    def __init__(self, rate: float = 1.0, every: float = 1.0, until: float | None = None, seed: int = 0,
+                 enabled: bool = True) -> None:
+        if not (isinstance(rate, (int, float)) and rate >= 0 and math.isfinite(rate)):
+            raise ValueError(f"model.growth.rate must be a finite number >= 0, got {rate!r}")
+        if not (isinstance(every, (int, float)) and every > 0):
+            raise ValueError(f"model.growth.every (epochs between additions) must be a number > 0, got {every!r}")
+        if until is not None and not until >= 0:
+            raise ValueError(f"model.growth.until (epoch after which no units are added) must be >= 0 or null, "
+                             f"got {until!r}")
+        self.rate, self.every, self.enabled = float(rate), float(every), bool(enabled)
+        self.until = None if until is None else float(until)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def after_step(self, net: NonparametricMLP, optimizer: torch.optim.Optimizer, step: int,
+                   steps_per_epoch: int) -> tuple[int, int]:
+        """Remove dead units, then add units on schedule; returns (units removed, units added)."""
+        removed = sum(net.remove_dead_units(step=step, optimizer=optimizer))  # lines 18-19
+        if self.until is not None and step >= round(self.until * steps_per_epoch):
+            self.enabled = False
+        added = 0
+        if self.enabled and step % max(1, round(self.every * steps_per_epoch)) == 0:  # lines 22-24
+            added = sum(net.grow(self.rate, step=step, optimizer=optimizer, generator=self.generator))
+        return removed, added
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.enabled = state["enabled"]
+        self.generator.set_state(state["generator"])
+
+
 class NonparametricModule(pl.LightningModule):
     """Trains a :class:`NonparametricMLP` (nonparametric with CapNorm, or the parametric BatchNorm baseline).
 
-    The loss of a step is the batch's summed cross-entropy divided by the training-set
-    size ``|D|`` (Algorithm 1 line 8). With AdaRad / AdaRad-M the l2 fan-in penalty is the
-    optimizer's group shrinkage (line 17); with a torch optimizer and ``lam > 0`` the same
-    shrinkage, ``lr * lam * |D^t| / |D|`` per row, follows each step (proximal step).
+    One training step (:meth:`training_step`) is Algorithm 1's loop body, top to bottom:
+
+    1. forward; loss = the batch's summed cross-entropy / ``|D|`` (line 8);
+    2. backward and the optimizer step: AdaRad's radial step, rotation and group shrinkage
+       (lines 11-17); a torch optimizer is followed by the same shrinkage as a proximal step,
+       ``lr * lambda * |D^t| / |D|`` per fan-in;
+    3. ``growth.after_step``: remove units whose fan-in is zero, add units on schedule (lines 18-24).
+
+    Growth belongs to the step, so the module owns it (a nonparametric net; ``None`` for a
+    parametric one). What acts at validations is a callback: the rewind protocol (section 7.4,
+    :class:`npnn.callbacks.RewindProtocol`) calls :meth:`snapshot` / :meth:`restore` and writes
+    lambda and the step size. The optimizer's ``param_groups`` own both (``lam``, and
+    ``alpha_phi`` for AdaRad or ``lr``); everything else reads them, and they are checkpointed
+    with the optimizer.
 
     Args:
         net: constructor arguments of :class:`NonparametricMLP`.
-        optimizer: a Hydra config (``_target_`` + arguments) of the optimizer; for AdaRad the
-            keys ``lam``, ``dataset_size`` and ``batch_size`` are filled in here, and
-            ``alpha_r: null`` means ``alpha_r_lambda / lam`` (Table 3: 1 / (50 lam)).
+        optimizer: ``optimizer(param_groups)`` builds the optimizer (a Hydra ``_partial_``). It
+            gets one param group holding ``lam``, ``dataset_size`` (``|D|``) and ``batch_size``
+            (``|D^t|``): AdaRad's own hyperparameters, kept in the group by torch's optimizers.
         lam: the fan-in regulariser lambda.
         dataset_size: ``|D|``.
         batch_size: ``|D^t|`` of a full batch.
+        growth: the unit schedule (:class:`Growth`), or ``None``: a network of fixed size.
         divergence: limits checked at every validation (:meth:`check_not_diverged`), each ``None`` to
             switch it off: ``max_train_ce`` (train cross-entropy, in multiples of the uniform
             predictor's ``ln(classes)``), ``max_step_angle`` (AdaRad's rotation per step of a
@@ -82,23 +134,29 @@ class NonparametricModule(pl.LightningModule):
 
     DIVERGENCE_DEFAULTS = {"max_train_ce": 5.0, "max_step_angle": 1.0, "max_fan_in_length": 1e4,
                            "max_final_val_error": 1.0}
+    CHECKPOINT_FORMAT = 2  # 2: lambda and the step size only in the optimizer's param_groups, growth in the module
 
-    def __init__(self, net: dict, optimizer: dict, lam: float, dataset_size: int, batch_size: int,
-                 divergence: dict | None = None) -> None:
+    def __init__(self, net: dict, optimizer: Callable[..., torch.optim.Optimizer], lam: float, dataset_size: int,
+                 batch_size: int, growth: Growth | None = None, divergence: dict | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.automatic_optimization = False
-        self.net = NonparametricMLP(**net)
-        self.optimizer_cfg = dict(optimizer)
-        self.lam = self.configured_lam = float(lam)  # lam: the current one (the protocol sets it to 0 later)
-        self.dataset_size, self.batch_size = int(dataset_size), int(batch_size)
+        if not (isinstance(lam, (int, float)) and lam >= 0 and math.isfinite(lam)):
+            raise ValueError(f"lambda must be a finite number >= 0, got {lam!r}")
         unknown = set(divergence or {}) - set(self.DIVERGENCE_DEFAULTS)
         if unknown:
             raise ValueError(f"divergence: unknown keys {sorted(unknown)}; the limits are "
                              f"{sorted(self.DIVERGENCE_DEFAULTS)}")
+        bad = {k: v for k, v in (divergence or {}).items() if v is not None and not (isinstance(v, (int, float))
+                                                                                      and v > 0)}
+        if bad:
+            raise ValueError(f"divergence: each limit must be a number > 0 or null (off), got {bad}")
+        self.save_hyperparameters(ignore=["optimizer", "growth"])
+        self.automatic_optimization = False
+        self.net = NonparametricMLP(**net)
+        self.make_optimizer = optimizer
+        self.configured_lam = float(lam)
+        self.dataset_size, self.batch_size = int(dataset_size), int(batch_size)
+        self.growth = growth
         self.divergence = {**self.DIVERGENCE_DEFAULTS, **(divergence or {})}
-        self._plain_backward = False  # set in on_train_start
-        self._step_callbacks: list = []  # callbacks with after_step(trainer, module), set in on_train_start
         self.steps_per_epoch = math.ceil(self.dataset_size / self.batch_size)
         self.step_count = 0  # optimizer steps on the protocol's timeline (a rewind sets it back)
         self.last_removal_step = 0
@@ -116,94 +174,84 @@ class NonparametricModule(pl.LightningModule):
         self.last_metrics: dict[str, float] = {}
 
     # ------------------------------------------------------------- optimizer
-    def configure_optimizers(self):
-        cfg = dict(self.optimizer_cfg)
-        alpha_r_lambda = cfg.pop("alpha_r_lambda", None)
-        target = cfg.get("_target_", "")
-        if target.startswith("npnn.optim.AdaRad"):
-            if cfg.get("alpha_r") is None:
-                lam = self.configured_lam  # not a resumed checkpoint's current lambda
-                if lam <= 0 or alpha_r_lambda is None:
-                    raise ValueError("optimizer.alpha_r is null, so alpha_r = alpha_r_lambda / lambda, which needs "
-                                     f"lambda > 0 and alpha_r_lambda set (got lambda={lam}, alpha_r_lambda="
-                                     f"{alpha_r_lambda}); set optimizer.alpha_r explicitly")
-                cfg["alpha_r"] = alpha_r_lambda / lam
-            cfg.update(lam=self.lam, dataset_size=self.dataset_size, batch_size=self.batch_size)
-        optimizer = instantiate(cfg, self.net.parameters())
-        self._adarad = isinstance(optimizer, AdaRad)  # decided once: training_step asks every step
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        group = {"params": list(self.net.parameters()), "lam": self.configured_lam,
+                 "dataset_size": self.dataset_size, "batch_size": self.batch_size}
+        optimizer = self.make_optimizer([group])
         # the settings as configured, before a checkpoint's param_groups replace them (npnn.runs.ResumeChanges)
         self.configured_hparams = _group_settings(optimizer)
         return optimizer
 
     @property
-    def raw_optimizer(self) -> torch.optim.Optimizer:
-        opt = self.optimizers()
-        return getattr(opt, "optimizer", opt)
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer itself (not Lightning's wrapper)."""
+        return self.trainer.strategy.optimizers[0]
 
     @property
     def uses_adarad(self) -> bool:
-        return self._adarad
+        return isinstance(self.optimizer, AdaRad)
 
     @property
     def step_size_key(self) -> str:
         """The step size the protocol divides: AdaRad's angular ``alpha_phi``, else ``lr``."""
         return "alpha_phi" if self.uses_adarad else "lr"
 
-    def get_step_size(self) -> float:
-        return float(self.raw_optimizer.param_groups[0][self.step_size_key])
+    @property
+    def lam(self) -> float:
+        """The current lambda (the protocol sets it to 0 in its fit stage)."""
+        return float(self.optimizer.param_groups[0]["lam"])
 
-    def set_step_size(self, value: float) -> None:
-        for group in self.raw_optimizer.param_groups:
-            group[self.step_size_key] = float(value)
-
-    def set_lambda(self, lam: float) -> None:
-        self.lam = float(lam)
-        if self.uses_adarad:
-            for group in self.raw_optimizer.param_groups:
-                group["lam"] = self.lam
+    @property
+    def step_size(self) -> float:
+        return float(self.optimizer.param_groups[0][self.step_size_key])
 
     # --------------------------------------------------------------- training
     def on_train_start(self) -> None:
-        # manual_backward adds precision scaling, strategy and callback hooks (on_before_backward,
-        # on_after_backward) around loss.backward(); in full precision on one device they do not
-        # change the step, and on a small net they cost a tenth of it
+        # manual_backward wraps loss.backward() in precision scaling, the strategy and the callbacks'
+        # on_before_backward / on_after_backward, which in full precision on one device change nothing
         trainer = self.trainer
         self._plain_backward = (str(trainer.precision) in ("32-true", "32", "64-true", "64")
-                                and trainer.world_size == 1 and self.fast_backward)
-        self._step_callbacks = [cb for cb in trainer.callbacks if hasattr(cb, "after_step")]
+                                and trainer.world_size == 1 and self.plain_backward)
 
-    fast_backward = True  # set False to keep Lightning's backward hooks (e.g. for a callback that uses them)
+    plain_backward = True  # False: always manual_backward (e.g. for a callback that uses the backward hooks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def training_step(self, batch, batch_idx: int) -> None:
-        """One optimizer step per batch; ``batch`` is one ``(x, y)`` or a list of them (the loader's
-        ``steps_per_item``). After every step, callbacks with ``after_step`` (Growth) run."""
-        for x, y in batch if isinstance(batch, list) else [batch]:
-            self._step(x, y)
-            for callback in self._step_callbacks:
-                callback.after_step(self.trainer, self)
+    def training_step(self, batch: list[tuple[torch.Tensor, torch.Tensor]], batch_idx: int) -> None:
+        """One optimizer step (:meth:`train_step`) per ``(x, y)`` of the list (``steps_per_call`` of them)."""
+        max_steps = self.trainer.max_steps
+        for x, y in batch:
+            self.train_step(x, y)
+            if 0 <= max_steps <= self.trainer.global_step:  # the budget ends within the list
+                break
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One step of Algorithm 1 (lines 8-24)."""
         opt = self.optimizers()
-        loss = F.cross_entropy(self.net(x), y, reduction="sum") / self.dataset_size  # Alg. 1 line 8
+        loss = F.cross_entropy(self.net(x), y, reduction="sum") / self.dataset_size  # line 8
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the training loss is {loss.item()} at step {self.step_count}: training cannot go on. The last "
                 f"checkpoint before it is intact; resume from it with smaller step sizes (optimizer.alpha_phi / lr)")
         opt.zero_grad(set_to_none=True)
-        if self._plain_backward:  # 32-bit, one device: what manual_backward does, without its hooks
+        if self._plain_backward:  # = manual_backward here, without its hooks (README, Benchmarks)
             loss.backward()
         else:
             self.manual_backward(loss)
         if self.uses_adarad:
-            opt.step(batch_size=len(y))
+            opt.step(batch_size=len(y))  # lines 11-17; shrinkage by alpha_r lambda |D^t| / |D|
         else:
             opt.step()
-            if self.lam > 0:  # proximal l2 group shrinkage of every fan-in
-                group_shrink_(self.net.weights, self.get_step_size() * self.lam * len(y) / self.dataset_size)
+            group = self.optimizer.param_groups[0]
+            if group["lam"] > 0:  # the proximal l2 group shrinkage of every fan-in
+                group_shrink_(self.net.weights, group["lr"] * group["lam"] * len(y) / group["dataset_size"])
         self.step_count += 1
+        if self.growth is not None:  # lines 18-24
+            removed, added = self.growth.after_step(self.net, self.optimizer, self.step_count, self.steps_per_epoch)
+            self.units_removed, self.units_added = self.units_removed + removed, self.units_added + added
+            if removed:
+                self.last_removal_step = self.step_count
         if self._train_ce.device != loss.device:
             self._train_ce = self._train_ce.to(loss.device)
         self._train_ce.add_(loss.detach())  # batch sums / |D|; times |D| when logged
@@ -236,15 +284,15 @@ class NonparametricModule(pl.LightningModule):
             "units/added": float(self.units_added),
             "units/removed": float(self.units_removed),
             "lambda": self.lam,
-            "step_size": self.get_step_size(),
+            "step_size": self.step_size,
         }
         if self.test_accuracy.update_count:
             metrics["test/error"] = 1.0 - self.test_accuracy.compute().item()
         metrics["objective"] = objective(metrics["train/ce"], self.net.weights, self.lam).item()  # equation 1
         for l, width in enumerate(self.net.hidden_sizes):
             metrics[f"size/layer{l + 1}"] = float(width)
-        if self.uses_adarad and self.raw_optimizer.phi_max is not None:
-            metrics["phi_max"] = self.raw_optimizer.phi_max.item()
+        if self.uses_adarad and self.optimizer.phi_max is not None:
+            metrics["phi_max"] = self.optimizer.phi_max.item()
         self.last_val_error = metrics["val/error"]
         self.last_metrics = metrics
         # straight to the loggers (as RewindProtocol logs its phase): these are already epoch-level
@@ -257,6 +305,20 @@ class NonparametricModule(pl.LightningModule):
         self._val_ce, self._val_n = torch.zeros(()), 0
         self._train_ce, self._train_n = torch.zeros(()), 0
         self.units_added = self.units_removed = 0
+
+    # ------------------------------------------------------------------- test
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """``trainer.test`` on ``[validation, test]`` gives the final network's errors (``final_errors``)."""
+        x, y = batch
+        wrong, total = self._test_counts.setdefault(dataloader_idx, [0, 0])
+        self._test_counts[dataloader_idx] = [wrong + int((self.net(x).argmax(1) != y).sum()), total + len(y)]
+
+    def on_test_epoch_start(self) -> None:
+        self._test_counts: dict[int, list[int]] = {}
+
+    def on_test_epoch_end(self) -> None:  # exact fractions (torchmetrics computes in float32)
+        self.final_errors = {split: wrong / total if total else math.nan for split, (wrong, total)
+                             in zip(("val", "test"), (self._test_counts.get(i, (0, 0)) for i in (0, 1)))}
 
     def check_not_constant(self) -> None:
         """A network that can no longer learn says so (instead of running on silently)."""
@@ -278,9 +340,9 @@ class NonparametricModule(pl.LightningModule):
         if limits["max_train_ce"] is not None and ce > limits["max_train_ce"] * uniform_ce:
             why.append(f"the train cross-entropy is {ce:.4g}, over {limits['max_train_ce']:g} times a constant "
                        f"(uniform) predictor's ln({self.net.out_features}) = {uniform_ce:.3g}")
-        if self.uses_adarad and limits["max_step_angle"] is not None and self.raw_optimizer.phi_max is not None:
-            opt = self.raw_optimizer
-            angle = self.get_step_size() * math.sqrt(opt.phi_max.item() / max(opt.c_max.item(), 1e-300))
+        if self.uses_adarad and limits["max_step_angle"] is not None and self.optimizer.phi_max is not None:
+            opt = self.optimizer
+            angle = self.step_size * math.sqrt(opt.phi_max.item() / max(opt.c_max.item(), 1e-300))
             if not angle <= limits["max_step_angle"]:
                 why.append(f"AdaRad's rotation per step alpha_phi sqrt(phi_max / c_max) is {angle:.3g} rad, over "
                            f"{limits['max_step_angle']:g} (phi_max = {opt.phi_max.item():.3g})")
@@ -297,7 +359,7 @@ class NonparametricModule(pl.LightningModule):
             raise DivergenceError(
                 f"training diverged by step {self.step_count} (epoch {metrics['epoch_float']:.2f}): "
                 + "; ".join(why) + ". Lower the step sizes (optimizer.alpha_phi / lr, or alpha_r through "
-                "optimizer.alpha_r_lambda)." + hint + " The limits are the divergence.* settings")
+                "dataset.alpha_r_lambda)." + hint + " The limits are the divergence.* settings")
 
     def check_better_than_majority(self, val_error: float, y_val: torch.Tensor) -> None:
         """A run that ends no better than always predicting the validation set's majority class says so."""
@@ -310,41 +372,52 @@ class NonparametricModule(pl.LightningModule):
             raise ChanceLevelError(
                 f"the final network's validation error is {100 * val_error:.2f}%, no better than always predicting "
                 f"the majority class ({100 * majority:.2f}%): the run learned nothing. The step size may be far too "
-                f"large ({hint}={self.get_step_size():g}) or lambda too large; the train cross-entropy in "
+                f"large ({hint}={self.step_size:g}) or lambda too large; the train cross-entropy in "
                 f"metrics.csv shows when it went wrong (limit: divergence.max_final_val_error)")
 
     # ------------------------------------------------- snapshots (rewinds)
     def snapshot(self) -> dict[str, Any]:
-        """Everything a rewind restores: shape and weights, optimizer state, unit records, step, RNG."""
+        """Everything a rewind restores: shape and weights, optimizer state, unit records, step, RNGs."""
         return copy.deepcopy({
             "net": self.net.state_dict(),
-            "optimizer": self.raw_optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "growth": self.growth.state_dict() if self.growth is not None else None,
             "step_count": self.step_count,
             "torch_rng": torch.get_rng_state(),
         })
 
     def restore(self, snap: dict[str, Any]) -> None:
-        """Back to a snapshot's state. Settings (the optimizer's hyperparameters) stay as they are now:
-        the protocol sets lambda and the step size after a rewind."""
+        """Back to a snapshot's state. The settings stay as they are now: the optimizer's hyperparameters
+        (the protocol sets lambda and the step size after a rewind) and whether units are added."""
         snap = copy.deepcopy(snap)
         self.net.load_state_dict(snap["net"], resize=True)
-        opt = self.raw_optimizer
+        opt = self.optimizer
         settings = _group_settings(opt)
         opt.load_state_dict(snap["optimizer"])
         for group, kept in zip(opt.param_groups, settings):
             group.update(kept)
+        if self.growth is not None:
+            enabled = self.growth.enabled
+            self.growth.load_state_dict(snap["growth"])
+            self.growth.enabled = enabled
         self.step_count = self.last_removal_step = snap["step_count"]
         torch.set_rng_state(snap["torch_rng"])
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["model_config"] = self.net.config()
-        checkpoint["npnn"] = {"step_count": self.step_count, "last_removal_step": self.last_removal_step,
-                              "lam": self.lam}
+        checkpoint["npnn"] = {"format": self.CHECKPOINT_FORMAT, "step_count": self.step_count,
+                              "last_removal_step": self.last_removal_step,
+                              "growth": self.growth.state_dict() if self.growth is not None else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "model_config" not in checkpoint:
             raise ValueError("this checkpoint has no 'model_config': it was not written by npnn")
+        state = checkpoint.get("npnn", {})
+        if state.get("format") != self.CHECKPOINT_FORMAT:
+            raise ValueError(f"this checkpoint was written by an older npnn (checkpoint format {state.get('format', 1)}, "
+                             f"this version reads {self.CHECKPOINT_FORMAT}): resume it with the npnn version that "
+                             f"wrote it, or start afresh")
         mine, theirs = self.net.config(), checkpoint["model_config"]
         fixed = {k: v for k, v in theirs.items() if k != "hidden_sizes"}
         if {k: v for k, v in mine.items() if k != "hidden_sizes"} != fixed or \
@@ -354,5 +427,6 @@ class NonparametricModule(pl.LightningModule):
                              f"CapNorm on the logits became the default needs model.output_norm=false)")
         if theirs["hidden_sizes"] != mine["hidden_sizes"]:
             self.net._resize_to(theirs["hidden_sizes"])  # the shape first, then Lightning loads the weights
-        state = checkpoint["npnn"]
-        self.step_count, self.last_removal_step, self.lam = state["step_count"], state["last_removal_step"], state["lam"]
+        self.step_count, self.last_removal_step = state["step_count"], state["last_removal_step"]
+        if self.growth is not None:
+            self.growth.load_state_dict(state["growth"])

@@ -39,10 +39,11 @@ class _CapNormBatch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                 fan_in_norm: Tensor | None, momentum: float, relu: bool) -> Tensor:
-        ctx.fused, ctx.relu = npnn_fused.active(z), relu
+        ctx.relu = relu
+        fused = npnn_fused.capnorm_forward_(z, running_mean, running_var, fan_in_norm, momentum, relu)
+        ctx.fused = fused is not None
         if ctx.fused:
-            out, xhat, var = torch.ops.npnn.capnorm_forward_(z.contiguous(), running_mean, running_var,
-                                                             fan_in_norm, momentum, relu)
+            out, xhat, var = fused
         else:
             mean = z.mean(0)
             centred = z - mean
@@ -59,7 +60,7 @@ class _CapNormBatch(torch.autograd.Function):
     def backward(ctx, dy: Tensor):
         xhat, var = ctx.saved_tensors
         if ctx.fused:
-            dz = torch.ops.npnn.capnorm_backward(dy, xhat, var, ctx.relu)
+            dz = npnn_fused.capnorm_backward(dy, xhat, var, ctx.relu)
         else:
             e = dy * (xhat > 0) if ctx.relu else dy
             projection = (e * xhat).mean(0) * (var > 1)
@@ -127,8 +128,9 @@ class CapNorm(nn.Module):
         mean, var = self.running_mean, self.running_var
         if fan_in_norm is not None:
             mean, var = mean * fan_in_norm, var * fan_in_norm.square()
-        if npnn_fused.active(z) and not (z.requires_grad and torch.is_grad_enabled()):
-            return torch.ops.npnn.capnorm_eval(z, mean, var, relu)
+        fused = npnn_fused.capnorm_eval(z, mean, var, relu)
+        if fused is not None:
+            return fused
         # (z - mean) / max(sigma, 1), as one BatchNorm inference kernel: var capped at 1, eps = 0
         out = F.batch_norm(z, mean, var.clamp_min(1.0), training=False, eps=0.0)
         return F.relu(out) if relu else out
@@ -385,10 +387,7 @@ class NonparametricMLP(nn.Module):
         README's.) Returns the number removed from each layer.
         """
         hidden = [lin.weight for lin in self.linears[:-1]]
-        if hidden and npnn_fused.active(hidden[0]):  # one call for all layers: a check every step
-            counts = torch.ops.npnn.count_zero_rows([w.detach() for w in hidden])
-        else:
-            counts = [None] * len(hidden)
+        counts = npnn_fused.count_zero_rows(hidden) or [None] * len(hidden)  # one call for all layers
         removed = []
         for layer, count in enumerate(counts):
             n_dead = 0

@@ -25,6 +25,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import required
 
 from npnn import fused as npnn_fused
 
@@ -113,9 +114,13 @@ class AdaRad(Optimizer):
         alpha_r: radial step size (paper: ``1 / (50 lam)``, poker ``1 / (5 lam)``).
         alpha_phi: angular step size (paper: 30 for section 4.1, 10 for poker).
         lam: fan-in regulariser strength lambda (0 disables shrinkage).
-        dataset_size: ``|D|``, the number of training examples.
+        dataset_size: ``|D|``, the number of training examples (required: here or in every
+            param group).
         batch_size: ``|D^t|``, the mini-batch size (Table 3: 1000); ``step(batch_size=)``
             overrides it for one step (e.g. a short last batch).
+
+    ``lam``, ``dataset_size`` and ``batch_size`` may also come in the param groups, as
+    ``npnn.module`` passes them (``AdaRad([{"params": ..., "lam": 1e-6, "dataset_size": n}], ...)``).
         beta: quadratic mixing rate (Table 3: 0.005).
         eps: numerical stabiliser (Table 3: 1e-8).
         fused: use the fused CPU kernel (:mod:`npnn.fused`): ``None`` (default) where it applies
@@ -131,7 +136,7 @@ class AdaRad(Optimizer):
         alpha_phi: float,
         lam: float = 0.0,
         *,
-        dataset_size: int,
+        dataset_size: int = required,
         batch_size: int = 1000,
         beta: float = 0.005,
         eps: float = 1e-8,
@@ -156,8 +161,9 @@ class AdaRad(Optimizer):
         for key in ("alpha_r", "alpha_phi", "lam"):
             if key in h and not (h[key] >= 0 and math.isfinite(h[key])):
                 raise ValueError(f"AdaRad: {key} must be a finite number >= 0, got {h[key]!r}")
-        if "dataset_size" in h and not (isinstance(h["dataset_size"], int) and h["dataset_size"] > 0):
-            raise ValueError(f"AdaRad: dataset_size (|D|) must be a positive int, got {h['dataset_size']!r}")
+        size = h.get("dataset_size", required)
+        if size is not required and not (isinstance(size, int) and size > 0):
+            raise ValueError(f"AdaRad: dataset_size (|D|) must be a positive int, got {size!r}")
         if "batch_size" in h and not (isinstance(h["batch_size"], int) and h["batch_size"] > 0):
             raise ValueError(f"AdaRad: batch_size (|D^t|) must be a positive int, got {h['batch_size']!r}")
         for key in ("beta", "beta_arith"):
@@ -270,7 +276,8 @@ class AdaRad(Optimizer):
     _fused_keys = ("alpha_r", "alpha_phi", "lam", "dataset_size", "batch_size", "beta", "eps")
 
     def _fused_step(self, batch_size: int | None) -> bool:
-        """The whole step in one call of ``torch.ops.npnn.adarad_step_`` where it applies; False otherwise."""
+        """The whole step in one call of the fused kernel (``npnn.fused.adarad_step_``) where it applies;
+        False otherwise."""
         if self.fused is False or self.momentum:
             return False
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
@@ -293,10 +300,9 @@ class AdaRad(Optimizer):
         if self.phi_max is None:  # line 2
             self.phi_max, self.c_max = params[0].new_zeros(()), params[0].new_zeros(())
         tau = group["alpha_r"] * group["lam"] * (batch_size or group["batch_size"]) / group["dataset_size"]
-        torch.ops.npnn.adarad_step_(
-            [p.detach() for p in params], [p.grad for p in params], [s["phibar"] for s in states],
-            [s["c"] for s in states], self.phi_max, self.c_max, float(group["alpha_r"]), float(group["alpha_phi"]),
-            float(group["beta"]), float(group["eps"]), float(tau))
+        npnn_fused.adarad_step_([p.detach() for p in params], [p.grad for p in params], [s["phibar"] for s in states],
+                                [s["c"] for s in states], self.phi_max, self.c_max, group["alpha_r"],
+                                group["alpha_phi"], group["beta"], group["eps"], tau)
         return True
 
     def _averages(self, group: dict) -> dict | None:
@@ -386,7 +392,7 @@ class AdaRadM(AdaRad):
     """
 
     def __init__(self, params, alpha_r: float, alpha_phi: float, lam: float = 0.0, *,
-                 dataset_size: int, batch_size: int = 1000, beta: float = 0.005,
+                 dataset_size: int = required, batch_size: int = 1000, beta: float = 0.005,
                  beta_arith: float = 0.1, eps: float = 1e-8) -> None:
         self._beta_arith = beta_arith
         self._check_hyperparameters({"beta_arith": beta_arith})

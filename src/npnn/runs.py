@@ -45,10 +45,10 @@ FREE_KEYS = ("ckpt_path", "data_dir", "overwrite", "resume_changes", "checkpoint
              "trainer.max_epochs",
              "trainer.max_steps", "trainer.max_time", "trainer.enable_progress_bar", "trainer.enable_model_summary")
 # keys no resume may change: the data, its order, the network's structure, the algorithm
-FIXED_KEYS = ("seed", "dataset.loader", "dataset.source", "dataset.batch_size", "dataset.steps_per_call",
+FIXED_KEYS = ("seed", "steps_per_call", "dataset.loader", "dataset.source", "dataset.batch_size",
               "dataset.hidden_layers", "model.kind", "model.norm", "model.output_norm", "model.hidden_layers",
               "model.hidden_sizes", "model.start_units", "model.capnorm_eval_stats", "model.norm_momentum",
-              "optimizer._target_", "protocol._target_", "protocol.kind")
+              "optimizer._target_", "protocol._target_")
 
 
 class CheckpointError(ValueError):
@@ -265,9 +265,9 @@ class ResumeChanges(pl.Callback):
     """Stores the run's config in every checkpoint, and applies the accepted changes of a resume.
 
     Most settings are read from the config when the run is built, so a changed value is used
-    by itself. Those that a checkpoint carries are set here once the checkpoint is loaded:
-    the optimizer's hyperparameters (the checkpoint's ``param_groups``), and lambda and the
-    step size, which the protocol holds (lambda only while it still trains with lambda).
+    by itself. Those that a checkpoint carries are set here once the checkpoint is loaded: the
+    optimizer's ``param_groups`` (lambda only while the protocol still trains with lambda) and
+    whether units are added.
     """
 
     def __init__(self, cfg: DictConfig, stored: dict | None = None, changes: dict | None = None) -> None:
@@ -280,32 +280,26 @@ class ResumeChanges(pl.Callback):
     def on_train_start(self, trainer, module) -> None:
         if not self.changes:
             return
-        from npnn.callbacks import Growth, RewindProtocol
+        from npnn.callbacks import RewindProtocol
 
         old = OmegaConf.to_container(OmegaConf.create(self.stored), resolve=True)
         new = OmegaConf.to_container(OmegaConf.create(self.config), resolve=True)
-        opt, key = module.raw_optimizer, module.step_size_key
-        for group, fresh in zip(opt.param_groups, module.configured_hparams):
-            group.update({k: v for k, v in fresh.items() if k not in ("lam", key)})  # e.g. alpha_r, beta
         protocol = next((cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol)), None)
-        if old["lambda"] != new["lambda"]:
-            if protocol is not None and protocol.kind == "nonparametric" and protocol.phase in ("fit", "anneal"):
-                log.warning("resume: lambda stays 0, as the protocol sets it after its prune stage; the new lambda "
-                            "%g acts through alpha_r = alpha_r_lambda / lambda only", new["lambda"])
-            else:
-                module.set_lambda(new["lambda"])
-                if protocol is not None:
-                    protocol.lam = module.lam
-        fresh_step = module.configured_hparams[0][key]
-        if old["optimizer"].get(key) != new["optimizer"].get(key):
-            module.set_step_size(fresh_step)
-            if protocol is not None:
-                protocol.step_size = fresh_step
-        if old["model"].get("growth") != new["model"].get("growth"):  # e.g. a later growth.until
-            until = new["model"]["growth"].get("until")
-            for growth in (cb for cb in trainer.callbacks if isinstance(cb, Growth)):
-                growth.enabled = (protocol is None or protocol.phase == "grow") and \
-                    (until is None or module.step_count < round(until * module.steps_per_epoch))
+        keep = set()  # what the protocol set stays, unless its own key changed
+        if old["optimizer"].get(module.step_size_key) == new["optimizer"].get(module.step_size_key):
+            keep.add(module.step_size_key)
+        if old["lambda"] == new["lambda"]:
+            keep.add("lam")
+        elif protocol is not None and protocol.kind == "nonparametric" and protocol.phase in ("fit", "anneal"):
+            keep.add("lam")
+            log.warning("resume: lambda stays 0, as the protocol sets it after its prune stage; the new lambda "
+                        "%g acts through alpha_r = alpha_r_lambda / lambda only", new["lambda"])
+        for group, fresh in zip(module.optimizer.param_groups, module.configured_hparams):
+            group.update({k: v for k, v in fresh.items() if k not in keep})  # e.g. alpha_r, beta
+        if old["model"].get("growth") != new["model"].get("growth") and module.growth is not None:
+            until = new["model"]["growth"].get("until")  # e.g. a later growth.until
+            module.growth.enabled = (protocol is None or protocol.phase == "grow") and \
+                (until is None or module.step_count < round(until * module.steps_per_epoch))
 
 
 # ----------------------------------------------------------------- signals

@@ -9,26 +9,25 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from numbers import Number
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
-import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from npnn.callbacks import Growth, RewindProtocol, UnitLogger
+from npnn.callbacks import RewindProtocol, UnitLogger
 from npnn.data import InMemoryDataModule, Splits
-from npnn.module import NonparametricModule, TrainingError
-from npnn.nn import GROWABLE_NORMS, NORMS
+from npnn.module import Growth, NonparametricModule, TrainingError
+from npnn.nn import GROWABLE_NORMS
 from npnn.runs import (AtomicCheckpointIO, ResumeChanges, StopOnSignal, check_resume, delete_run, prepare_run_dir,
                        read_checkpoint, write_atomic)
 
-__all__ = ["main", "build", "validate_config", "ConfigError", "evaluate"]
+__all__ = ["main", "build", "validate_config", "steps_per_call", "ConfigError", "final_errors"]
 
 log = logging.getLogger(__name__)
 MODEL_KINDS = ("nonparametric", "parametric")
@@ -38,55 +37,21 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key and the valid choices."""
 
 
-def _number(cfg: DictConfig, key: str, low: float, strict: bool = False) -> float:
-    value = OmegaConf.select(cfg, key)
-    ok = isinstance(value, Number) and not isinstance(value, bool) and math.isfinite(value) and \
-        (value > low if strict else value >= low)
-    if not ok:
-        raise ConfigError(f"{key} must be a number {'>' if strict else '>='} {low}, got {value!r}")
-    return value
-
-
-def _integer(cfg: DictConfig, key: str, what: str) -> int:
-    value = OmegaConf.select(cfg, key)
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        raise ConfigError(f"{key} must be an integer >= 1 {what}, got {value!r}")
-    return value
-
-
 def validate_config(cfg: DictConfig) -> None:
-    """Fail before any work, naming the key and what it may be."""
-    _number(cfg, "lambda", 0)
+    """Checks that involve several keys, before any work. Each part of the run checks its own
+    arguments when :func:`build` constructs it (:class:`ConfigError` naming its group)."""
+    # the run's own keys, which main reads
     if not isinstance(cfg.get("seed"), int):
         raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r}")
-    for key in ("dataset.batch_size", "dataset.eval_batch_size"):
-        if OmegaConf.select(cfg, key) is not None:
-            _integer(cfg, key, "(examples per batch)")
-    for key in ("dataset.val_every", "trainer.val_check_interval"):
-        every = OmegaConf.select(cfg, key)
-        if every is not None:
-            _number(cfg, key, 0, strict=True)
-            if isinstance(every, float) and every > 1:
-                raise ConfigError(f"{key} must be a fraction of an epoch in (0, 1] (or an integer number of "
-                                  f"training-step calls), got {every!r}; to validate every N epochs use "
-                                  f"trainer.check_val_every_n_epoch=N")
     if not isinstance(cfg.get("overwrite", False), bool):
         raise ConfigError(f"overwrite must be true or false, got {cfg.get('overwrite')!r}")
     changes = cfg.get("resume_changes") or []
     if not (OmegaConf.is_list(changes) or isinstance(changes, list)) or not all(isinstance(c, str) for c in changes):
         raise ConfigError(f"resume_changes must be a list of config keys, e.g. 'resume_changes=[lambda]', "
                           f"got {changes!r}")
-    k = _integer(cfg, "dataset.steps_per_call", "(optimizer steps per training-step call)") \
-        if "steps_per_call" in cfg.dataset else 1
-    every = cfg.get("checkpoint_every_steps")
-    if every is not None and (not isinstance(every, int) or every < 1 or every % k):
-        raise ConfigError(f"checkpoint_every_steps must be null (at every validation) or a positive multiple of "
-                          f"dataset.steps_per_call={k}, got {every!r}")
     model = cfg.model
     if model.kind not in MODEL_KINDS:
         raise ConfigError(f"model.kind must be one of {MODEL_KINDS}, got {model.kind!r}")
-    if model.norm not in NORMS:
-        raise ConfigError(f"model.norm must be one of {NORMS}, got {model.norm!r}")
     if model.kind == "nonparametric":
         if model.norm not in GROWABLE_NORMS:
             raise ConfigError(f"model.norm={model.norm!r} cannot grow: a nonparametric model needs one of {GROWABLE_NORMS}")
@@ -98,48 +63,59 @@ def validate_config(cfg: DictConfig) -> None:
                 (OmegaConf.is_list(units) and len(per_layer) != model.hidden_layers):
             raise ConfigError(f"model.start_units must be an integer >= 1 (or a list of {model.hidden_layers} of "
                               f"them, one per hidden layer), got {units!r}")
-        _number(cfg, "model.growth.rate", 0)
-        _number(cfg, "model.growth.every", 0, strict=True)
     else:
         sizes = OmegaConf.select(cfg, "model.hidden_sizes", throw_on_missing=False)
         if OmegaConf.is_missing(model, "hidden_sizes") or not sizes or \
                 not all(isinstance(h, int) and h >= 1 for h in sizes):
             raise ConfigError("model=parametric needs model.hidden_sizes, a list of positive widths, "
                               f"e.g. model.hidden_sizes=[23,24,15,4]; got {sizes!r}")
-    if cfg.protocol is not None and cfg.protocol.get("_target_"):
-        if cfg.protocol.kind != model.kind:
-            raise ConfigError(f"protocol.kind={cfg.protocol.kind!r} does not match model.kind={model.kind!r}: "
-                              f"use protocol={model.kind} (or protocol=none)")
-        _number(cfg, "protocol.patience", 0, strict=True)
-        _number(cfg, "protocol.anneal_patience", 0, strict=True)
-    opt = cfg.optimizer
-    for key in ("alpha_phi", "lr"):
-        if key in opt:
-            _number(cfg, f"optimizer.{key}", 0)
-    for key, value in (cfg.get("divergence") or {}).items():
-        if key not in NonparametricModule.DIVERGENCE_DEFAULTS:
-            raise ConfigError(f"divergence.{key} is not a setting; the limits are "
-                              f"{sorted(NonparametricModule.DIVERGENCE_DEFAULTS)}")
-        if value is not None:
-            _number(cfg, f"divergence.{key}", 0, strict=True)
-    if "alpha_r" in opt and opt.alpha_r is None and cfg["lambda"] == 0:
-        raise ConfigError("lambda=0 leaves alpha_r = alpha_r_lambda / lambda undefined: set optimizer.alpha_r")
+    try:
+        cfg.optimizer.get("alpha_r")  # alpha_r_lambda / lambda (conf/optimizer/adarad.yaml)
+    except InterpolationResolutionError as err:
+        raise ConfigError(str(err.__cause__ or err)) from None
 
 
-def check_steps_per_call(cfg: DictConfig, steps_per_epoch: int) -> None:
-    """``dataset.steps_per_call`` > 1 trains exactly as 1 only if validations fall on the same steps:
-    it must divide the steps of an epoch and the steps between validations."""
-    k = cfg.dataset.get("steps_per_call", 1)
+def _construct(group: str, make: Callable[[], Any]) -> Any:
+    """``make()``; a value its constructor refuses becomes a :class:`ConfigError` naming the config group."""
+    try:
+        return make()
+    except InstantiationException as err:
+        cause = err.__cause__ if err.__cause__ is not None else err
+        raise ConfigError(f"{group}: {cause}") from None
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{group}: {err}") from None
+
+
+def steps_per_call(cfg: DictConfig, steps_per_epoch: int) -> int:
+    """The run's ``steps_per_call`` (README, Benchmarks): optimizer steps per call of Lightning's training
+    step. Every value that divides the steps of an epoch, the steps between validations and those
+    between checkpoints (``checkpoint_every_steps``) trains the same run; ``auto`` takes the largest
+    divisor up to 8 of the first two (poker: 8, mnist: 5)."""
     every = cfg.trainer.get("val_check_interval", 1.0)  # what Lightning uses (default: dataset.val_every)
-    if k == 1 or every is None:
-        return
-    between = every * steps_per_epoch if isinstance(every, float) else every * k
-    if steps_per_epoch % k or abs(between - round(between)) > 1e-9 or round(between) % k:
-        raise ConfigError(
-            f"dataset.steps_per_call={k} must divide the {steps_per_epoch} optimizer steps of an epoch and the "
-            f"{between:g} steps between validations (trainer.val_check_interval={every}, from dataset.val_every); "
-            f"otherwise validations move to other steps and the run differs from steps_per_call=1. Use a divisor "
-            f"of both, e.g. steps_per_call=1")
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
+        raise ConfigError(f"trainer.val_check_interval (default: dataset.val_every) must be > 0, got {every!r}")
+    counts = {f"the {steps_per_epoch} steps of an epoch": steps_per_epoch}
+    if isinstance(every, float):  # a fraction of an epoch (an int counts calls)
+        between = every * steps_per_epoch
+        counts[f"the {between:g} steps between validations (trainer.val_check_interval={every})"] = \
+            round(between) if abs(between - round(between)) < 1e-9 else 0
+
+    def fits(k: int) -> bool:
+        return all(n > 0 and n % k == 0 for n in counts.values())
+
+    k = cfg.get("steps_per_call", "auto")
+    if k == "auto":
+        k = max([1] + [k for k in range(2, 9) if fits(k)])
+    elif isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"steps_per_call must be auto or an integer >= 1, got {k!r}")
+    every_steps = cfg.get("checkpoint_every_steps")
+    if isinstance(every_steps, int) and every_steps > 0:
+        counts[f"checkpoint_every_steps={every_steps}"] = every_steps
+    if not fits(k):
+        raise ConfigError(f"steps_per_call={k} (from {cfg.get('steps_per_call', 'auto')}) must divide "
+                          f"{', '.join(counts)}: otherwise validations or checkpoints move to other steps than with "
+                          f"steps_per_call=1. Use a divisor of them all, e.g. steps_per_call=1")
+    return k
 
 
 def divergence_limits(cfg: DictConfig) -> dict:
@@ -167,52 +143,47 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
         stored, changes = checkpoint.get("npnn_config"), check_resume(checkpoint, cfg, cfg.ckpt_path)
         del checkpoint
     pl.seed_everything(cfg.seed, workers=True)
-    splits: Splits = instantiate(cfg.dataset.loader)
-    datamodule = InMemoryDataModule(splits, batch_size=cfg.dataset.batch_size,
-                                    eval_batch_size=cfg.dataset.get("eval_batch_size", 10_000), seed=cfg.seed,
-                                    steps_per_item=cfg.dataset.get("steps_per_call", 1))
-    check_steps_per_call(cfg, datamodule.train_batches.num_batches)
     model = cfg.model
+    growth = None
+    if model.kind == "nonparametric":
+        growth = _construct("model.growth", lambda: Growth(rate=model.growth.rate, every=model.growth.every,
+                                                            until=model.growth.get("until"), seed=cfg.seed + 1))
+    callbacks: list[pl.Callback] = []
+    if cfg.protocol is not None and cfg.protocol.get("_target_"):
+        callbacks.append(_construct("protocol", lambda: instantiate(cfg.protocol)))
+    splits: Splits = instantiate(cfg.dataset.loader)
+    datamodule = _construct("dataset", lambda: InMemoryDataModule(
+        splits, batch_size=cfg.dataset.batch_size, eval_batch_size=cfg.dataset.get("eval_batch_size", 10_000),
+        seed=cfg.seed))
+    datamodule.train_batches.steps_per_call = steps_per_call(cfg, datamodule.train_batches.num_batches)
     net = dict(in_features=splits.num_features, hidden_sizes=hidden_sizes(model), out_features=splits.num_classes,
                norm=model.norm, output_norm=model.output_norm, capnorm_eval_stats=model.capnorm_eval_stats,
                norm_momentum=model.norm_momentum)
-    module = NonparametricModule(net=net, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-                                 lam=cfg["lambda"], dataset_size=splits.sizes[0], batch_size=cfg.dataset.batch_size,
-                                 divergence=divergence_limits(cfg))
-    callbacks: list[pl.Callback] = []
-    if model.kind == "nonparametric":
-        callbacks.append(Growth(rate=model.growth.rate, every=model.growth.every, until=model.growth.get("until"),
-                                seed=cfg.seed + 1))
-    if cfg.protocol is not None and cfg.protocol.get("_target_"):
-        callbacks.append(instantiate(cfg.protocol))
+    module = _construct("model", lambda: NonparametricModule(
+        net=net, optimizer=_construct("optimizer", lambda: instantiate(cfg.optimizer)), lam=cfg["lambda"],
+        dataset_size=splits.sizes[0], batch_size=cfg.dataset.batch_size, growth=growth,
+        divergence=divergence_limits(cfg)))
+    _construct("optimizer", module.configure_optimizers)  # its checks now, not once training has begun
     callbacks.append(UnitLogger(run_dir, lengths_every=cfg.get("unit_lengths_every", 1)))
     callbacks.append(ResumeChanges(cfg, stored, changes))
     callbacks.append(StopOnSignal(run_dir / "checkpoints" / "last.ckpt"))
-    every = cfg.get("checkpoint_every_steps")  # default: at every validation
-    # one file, checkpoints/last.ckpt, overwritten at each save (Lightning >= 2.6 writes save_last only
-    # after a top-k save, so the latest checkpoint is the one "top-k" file, named last)
+    # checkpoints/last.ckpt, overwritten at every validation (or every checkpoint_every_steps steps): the
+    # "top-1" file of an unmonitored ModelCheckpoint, which is the latest (save_last alone saves nothing)
     callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, monitor=None,
-                                     save_last=False, enable_version_counter=False, every_n_train_steps=every))
+                                     save_last=False, enable_version_counter=False,
+                                     every_n_train_steps=cfg.get("checkpoint_every_steps")))
     logger = False
     if cfg.logger is not None and cfg.logger.get("_target_"):
         logger = instantiate(cfg.logger, save_dir=str(run_dir))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir),
-                          plugins=[AtomicCheckpointIO()])
+    trainer = _construct("trainer", lambda: instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
+                                                        default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()]))
     return trainer, module, datamodule
 
 
-@torch.no_grad()
-def evaluate(module: NonparametricModule, x: torch.Tensor, y: torch.Tensor, batch_size: int = 10_000) -> float:
-    """Classification error of the module's network (evaluation mode) on ``x, y``."""
-    was_training = module.training
-    module.eval()
-    device = next(module.parameters()).device
-    wrong = 0
-    for i in range(0, len(y), batch_size):
-        pred = module.net(x[i:i + batch_size].to(device)).argmax(1).cpu()
-        wrong += int((pred != y[i:i + batch_size]).sum())
-    module.train(was_training)
-    return wrong / len(y)
+def final_errors(trainer: pl.Trainer, module: NonparametricModule, datamodule: InMemoryDataModule) -> dict[str, float]:
+    """The classification errors of the module's network now, ``{"val": ..., "test": ...}`` (``trainer.test``)."""
+    trainer.test(module, dataloaders=datamodule.val_dataloader(), verbose=False)
+    return module.final_errors
 
 
 def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
@@ -246,7 +217,8 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         stop.restore()
     wall = time.time() - start
     s = datamodule.splits
-    val_error = evaluate(module, s.x_val, s.y_val)
+    errors = final_errors(trainer, module, datamodule)
+    val_error = errors["val"]
     if failure is None:
         try:
             module.check_better_than_majority(val_error, s.y_val)
@@ -259,7 +231,7 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     summary = {
         "dataset": s.name, "lambda": cfg["lambda"], "seed": cfg.seed, "model": cfg.model.kind,
         "hidden_sizes": module.net.hidden_sizes, "weights": module.net.num_weights(),
-        "val_error": val_error, "test_error": evaluate(module, s.x_test, s.y_test),
+        "val_error": val_error, "test_error": errors["test"],
         "epochs": module.step_count * module.batch_size / module.dataset_size,
         "steps_per_epoch": module.steps_per_epoch,
         "steps_trained": trainer.global_step, "wall_time_s": round(wall, 1),

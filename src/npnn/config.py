@@ -1,0 +1,35 @@
+"""The run configs: ``conf/`` (installed with the package as ``npnn.conf``) and the resolver they use.
+
+``${npnn.alpha_r:alpha_r_lambda,lambda}`` is AdaRad's radial step size ``alpha_r_lambda / lambda``
+(Table 3: ``1 / (50 lambda)``; poker ``1 / (5 lambda)``): ``conf/optimizer/adarad.yaml`` derives it
+there, and only there. Importing :mod:`npnn` registers it.
+"""
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["CONF_DIR", "alpha_r", "compose"]
+
+CONF_DIR = Path(str(files("npnn.conf")))  # the repository's conf/ (editable install) or the installed copy
+
+
+def alpha_r(alpha_r_lambda: float, lam: float) -> float:
+    """``alpha_r = alpha_r_lambda / lambda``; lambda = 0 leaves it undefined."""
+    if not lam > 0:
+        raise ValueError(f"optimizer.alpha_r = dataset.alpha_r_lambda / lambda needs lambda > 0, got lambda={lam}: "
+                         f"set optimizer.alpha_r to a number")
+    return alpha_r_lambda / lam
+
+
+OmegaConf.register_new_resolver("npnn.alpha_r", alpha_r, replace=True)
+
+
+def compose(*overrides: str) -> DictConfig:
+    """The run config for ``overrides``, as ``python train.py <overrides>`` composes it."""
+    from hydra import compose as hydra_compose, initialize_config_dir  # noqa: PLC0415
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
