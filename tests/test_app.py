@@ -95,7 +95,7 @@ def test_default_config_is_the_paper_poker_setting():
     assert cfg.dataset.source == "generated" and cfg.model.kind == "nonparametric"
     assert cfg.model.hidden_layers == 4 and cfg.model.start_units == 10
     assert cfg.dataset.alpha_r_lambda == 0.2 and cfg.optimizer.alpha_r == pytest.approx(0.2 / cfg["lambda"])
-    assert cfg.model.growth.every == 0.1 and cfg.protocol.kind == "nonparametric"
+    assert cfg.model.growth.every == 0.1 and cfg.protocol.patience == 10
     assert cfg.protocol.patience == 10 and cfg.protocol.anneal_patience == 0.5
     assert cfg.optimizer.alpha_phi == 10 and cfg.model.output_norm  # 7.4.2 step 1; logits behind CapNorm (README)
     assert cfg["lambda"] > 0
@@ -128,10 +128,13 @@ def test_bad_config_values_fail_early_with_the_key(override, message, tmp_path):
         build(tiny(*([override] if isinstance(override, str) else override)), tmp_path)
 
 
-def test_parametric_model_needs_sizes_and_the_protocol_follows_the_model():
+def test_parametric_model_needs_sizes_and_the_protocol_follows_the_model(tmp_path):
     with pytest.raises(ConfigError, match=r"model.hidden_sizes, a list of positive widths"):
         validate_config(tiny("model=parametric"))
-    assert tiny("model=parametric", "model.hidden_sizes=[5]").protocol.kind == "parametric"
+    for model in (["model=parametric", "model.hidden_sizes=[5]", "optimizer=rmsprop"], []):
+        trainer, module, dm = build(tiny(*model), tmp_path)
+        protocol = next(cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol))
+        assert protocol.kind == (model[0].split("=")[1] if model else "nonparametric")
 
 
 @pytest.mark.parametrize("group", ["dataset=imagenet", "optimizer=lbfgs"])
@@ -415,6 +418,8 @@ def test_several_steps_per_call_train_exactly_as_one(tmp_path):
     for (name, a), b in zip(one.net.state_dict().items(), five.net.state_dict().values()):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b), name
-    trainer, module, dm = build(tiny("trainer.max_steps=23", "protocol=none"), tmp_path / "budget")
-    trainer.fit(module, datamodule=dm)
-    assert module.step_count == trainer.global_step == 23  # a budget inside a list of 5 ends on its step
+    with pytest.raises(ConfigError, match=r"steps_per_call=5 must divide .*trainer.max_steps=23"):
+        build(tiny("trainer.max_steps=23", "steps_per_call=5"), tmp_path / "budget")
+    trainer, module, dm = build(tiny("trainer.max_steps=22", "protocol=none"), tmp_path / "budget")
+    trainer.fit(module, datamodule=dm)  # auto: 2, the largest divisor <= 8 of 20 and 22
+    assert trainer.num_training_batches == 10 and module.step_count == trainer.global_step == 22

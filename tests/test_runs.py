@@ -252,18 +252,32 @@ def test_a_resume_drops_unit_length_rows_written_after_its_checkpoint(tmp_path):
 
 # ------------------------------------------------------ 5. checked constraints
 def test_steps_per_call_must_divide_the_steps_between_validations_and_checkpoints(tmp_path):
-    with pytest.raises(ConfigError, match=r"steps_per_call=3 \(from 3\) must divide the 20 steps of an epoch"):
+    with pytest.raises(ConfigError, match=r"steps_per_call=3 must divide the 20 steps of an epoch"):
         build(tiny("steps_per_call=3"), tmp_path)
     poker = tiny("dataset=poker", "steps_per_call=32")
     with pytest.raises(ConfigError, match=r"800 steps of an epoch, the 80 steps between validations"):
         steps_per_call(poker, 800)
     assert steps_per_call(tiny("dataset=poker"), 800) == 8 and steps_per_call(tiny("dataset=mnist"), 50) == 5
-    with pytest.raises(ConfigError, match=r"steps_per_call=8 \(from auto\) must divide .*checkpoint_every_steps=100"):
-        steps_per_call(tiny("dataset=poker", "checkpoint_every_steps=100"), 800)
-    main(tiny("trainer.max_epochs=1", "protocol=none"), tmp_path / "a")
+    assert steps_per_call(tiny("dataset=poker", "checkpoint_every_steps=100"), 800) == 5
+    with pytest.raises(ConfigError, match=r"steps_per_call=8 must divide .*checkpoint_every_steps=100"):
+        steps_per_call(tiny("dataset=poker", "checkpoint_every_steps=100", "steps_per_call=8"), 800)
+    assert steps_per_call(tiny("trainer.val_check_interval=10"), 20) == 1  # an integer interval counts calls
+    assert steps_per_call(tiny("dataset=poker", "dataset.batch_size=512"), 1563) == 1  # 156.3 steps between
+    assert steps_per_call(tiny("trainer.max_steps=44"), 20) == 4
+    with pytest.raises(ConfigError, match=r"checkpoint_every_steps must be null .* or an integer >= 1, got 0"):
+        steps_per_call(tiny("checkpoint_every_steps=0"), 20)
+    main(tiny("trainer.max_steps=40", "protocol=none"), tmp_path / "a")  # auto: 5
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
     with pytest.raises(CheckpointError, match=r"cannot change on resume"):  # it would move the validations
-        main(tiny("steps_per_call=2", "trainer.max_epochs=2", "protocol=none", "resume_changes=[steps_per_call]",
-                  f"ckpt_path={tmp_path / 'a/checkpoints/last.ckpt'}"), tmp_path / "a")
+        main(tiny("steps_per_call=2", "trainer.max_steps=60", "protocol=none", "resume_changes=[steps_per_call]",
+                  f"ckpt_path={ckpt}"), tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"steps_per_call is 4 here \(auto\), but the checkpoint's run made 5"):
+        main(tiny("trainer.max_steps=44", "protocol=none", f"ckpt_path={ckpt}"), tmp_path / "a")  # auto: 4
+    old = torch.load(ckpt, weights_only=False)
+    old["npnn"]["format"] = 1
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(CheckpointError, match=r"old.ckpt was written by an older npnn \(checkpoint format 1"):
+        main(tiny("trainer.max_steps=60", "protocol=none", f"ckpt_path={tmp_path / 'old.ckpt'}"), tmp_path / "a")
 
 
 # ------------------------------------------------------------- 6. clear errors

@@ -187,19 +187,23 @@ EPOCH_SETTINGS = {  # the app's config for `epoch`, and the default starting siz
 }
 
 
-def bench_epoch(dataset: str, sizes: list[int] | None, epochs: int, data_dir: str = "data") -> float:
+def bench_epoch(dataset: str, sizes: list[int] | None, epochs: int, data_dir: str = "data",
+                overrides: list[str] = (), manual_backward: bool = False) -> float:
     """Epochs of ``python train.py`` on ``dataset`` (protocol or not as configured, growth, validations,
     checkpoints), starting from ``sizes``, paired interval by interval with a plain loop at the app's sizes."""
     import tempfile
 
     from npnn.config import compose
+    from npnn.module import NonparametricModule
     from npnn.train import build
 
+    NonparametricModule.plain_backward = not manual_backward
+
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    overrides, default_sizes = EPOCH_SETTINGS[dataset]
+    setting, default_sizes = EPOCH_SETTINGS[dataset]
     sizes = sizes or default_sizes
-    cfg = compose(*overrides, f"data_dir={data_dir}", f"model.start_units={list(sizes)}",
-                  f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false")
+    cfg = compose(*setting, f"data_dir={data_dir}", f"model.start_units={list(sizes)}",
+                  f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false", *overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer, module, dm = build(cfg, run_dir)
         timer = _Interleave(PlainLoop(dm.splits, dm.batch_size, dm.eval_batch_size))
@@ -207,7 +211,9 @@ def bench_epoch(dataset: str, sizes: list[int] | None, epochs: int, data_dir: st
         trainer.fit(module, datamodule=dm)
     per_epoch = len(timer.app) // epochs
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {dataset}, {epochs} epochs of the app (fused "
-          f"kernels {'on' if npnn_fused.active(torch.zeros(1)) else 'off'}), {per_epoch} validation(s) an epoch "
+          f"kernels {'on' if npnn_fused.active(torch.zeros(1)) else 'off'}, steps_per_call "
+          f"{dm.train_batches.steps_per_call}{', manual_backward' if manual_backward else ''}"
+          f"{', ' + ' '.join(overrides) if overrides else ''}), {per_epoch} validation(s) an epoch "
           f"(validation + test sets); each interval between validations paired with a plain-loop segment of as "
           f"many steps")
     for e in range(epochs):
@@ -304,7 +310,8 @@ def bench_lightning(sizes: list[int], rounds: int) -> float:
             return rmsprop(self.net)
 
         def training_step(self, batch, batch_idx):
-            plain_step(self.net, self.optimizers(), *batch, n, self.manual_backward)
+            [(xb, yb)] = batch  # a list of steps_per_call = 1 batch
+            plain_step(self.net, self.optimizers(), xb, yb, n, self.manual_backward)
 
     class EpochTimer(pl.Callback):
         def on_train_epoch_start(self, trainer, module) -> None:
@@ -318,7 +325,7 @@ def bench_lightning(sizes: list[int], rounds: int) -> float:
         net = make_net()
         opt = rmsprop(net)
         start = time.perf_counter()
-        for xb, yb in PermutationBatches(x, y, 1000, seed=r):
+        for [(xb, yb)] in PermutationBatches(x, y, 1000, seed=r):
             plain_step(net, opt, xb, yb, n)
         bare.append(time.perf_counter() - start)
         timer = EpochTimer()
@@ -353,6 +360,10 @@ def main(argv: list[str] | None = None) -> None:
                          help="starting hidden sizes (poker: 23 24 15 4; mnist: 190 20)")
     p_epoch.add_argument("--epochs", type=int, default=3)
     p_epoch.add_argument("--data-dir", default="data", help="where the data sets are (mnist: its raw files)")
+    p_epoch.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                         help="config overrides of the app, e.g. --set steps_per_call=1")
+    p_epoch.add_argument("--manual-backward", action="store_true",
+                         help="Lightning's manual_backward instead of loss.backward() (NonparametricModule.plain_backward)")
     p_epoch.add_argument("--threads", type=int, default=None)
     p_light = sub.add_parser("lightning", help="Lightning's training loop vs the same steps in a bare loop")
     p_light.add_argument("--sizes", type=int, nargs="+", default=[43, 44, 35, 24])
@@ -366,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "kernels":
         bench_kernels(args.rounds)
     elif args.what == "epoch":
-        bench_epoch(args.dataset, args.sizes, args.epochs, args.data_dir)
+        bench_epoch(args.dataset, args.sizes, args.epochs, args.data_dir, args.set, args.manual_backward)
     elif args.what == "lightning":
         bench_lightning(args.sizes, args.rounds)
 

@@ -1,7 +1,7 @@
 """Callbacks, which act at validations: the rewind protocols (7.4.1 / 7.4.2) and the unit logs.
 
 Unit growth and pruning (Alg. 1 lines 18-24) belong to every step: :class:`npnn.module.Growth`,
-run by the module's ``training_step``.
+run by the module's ``train_step``.
 """
 from __future__ import annotations
 

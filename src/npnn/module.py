@@ -98,7 +98,8 @@ class Growth:
 class NonparametricModule(pl.LightningModule):
     """Trains a :class:`NonparametricMLP` (nonparametric with CapNorm, or the parametric BatchNorm baseline).
 
-    One training step (:meth:`training_step`) is Algorithm 1's loop body, top to bottom:
+    One training step (:meth:`train_step`; Lightning's ``training_step`` runs ``steps_per_call`` of
+    them) is Algorithm 1's loop body, top to bottom:
 
     1. forward; loss = the batch's summed cross-entropy / ``|D|`` (line 8);
     2. backward and the optimizer step: AdaRad's radial step, rotation and group shrinkage
@@ -137,7 +138,8 @@ class NonparametricModule(pl.LightningModule):
     CHECKPOINT_FORMAT = 2  # 2: lambda and the step size only in the optimizer's param_groups, growth in the module
 
     def __init__(self, net: dict, optimizer: Callable[..., torch.optim.Optimizer], lam: float, dataset_size: int,
-                 batch_size: int, growth: Growth | None = None, divergence: dict | None = None) -> None:
+                 batch_size: int, growth: Growth | None = None, divergence: dict | None = None,
+                 steps_per_call: int = 1) -> None:
         super().__init__()
         if not (isinstance(lam, (int, float)) and lam >= 0 and math.isfinite(lam)):
             raise ValueError(f"lambda must be a finite number >= 0, got {lam!r}")
@@ -156,6 +158,7 @@ class NonparametricModule(pl.LightningModule):
         self.configured_lam = float(lam)
         self.dataset_size, self.batch_size = int(dataset_size), int(batch_size)
         self.growth = growth
+        self.steps_per_call = steps_per_call  # checkpointed: a resume must hand out lists of the same size
         self.divergence = {**self.DIVERGENCE_DEFAULTS, **(divergence or {})}
         self.steps_per_epoch = math.ceil(self.dataset_size / self.batch_size)
         self.step_count = 0  # optimizer steps on the protocol's timeline (a rewind sets it back)
@@ -220,11 +223,8 @@ class NonparametricModule(pl.LightningModule):
 
     def training_step(self, batch: list[tuple[torch.Tensor, torch.Tensor]], batch_idx: int) -> None:
         """One optimizer step (:meth:`train_step`) per ``(x, y)`` of the list (``steps_per_call`` of them)."""
-        max_steps = self.trainer.max_steps
         for x, y in batch:
             self.train_step(x, y)
-            if 0 <= max_steps <= self.trainer.global_step:  # the budget ends within the list
-                break
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One step of Algorithm 1 (lines 8-24)."""
@@ -388,7 +388,7 @@ class NonparametricModule(pl.LightningModule):
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Back to a snapshot's state. The settings stay as they are now: the optimizer's hyperparameters
-        (the protocol sets lambda and the step size after a rewind) and whether units are added."""
+        (the protocol changes lambda or the step size at a stage change) and whether units are added."""
         snap = copy.deepcopy(snap)
         self.net.load_state_dict(snap["net"], resize=True)
         opt = self.optimizer
@@ -407,6 +407,7 @@ class NonparametricModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["model_config"] = self.net.config()
         checkpoint["npnn"] = {"format": self.CHECKPOINT_FORMAT, "step_count": self.step_count,
+                              "steps_per_call": self.steps_per_call,
                               "last_removal_step": self.last_removal_step,
                               "growth": self.growth.state_dict() if self.growth is not None else None}
 

@@ -118,15 +118,15 @@ class AdaRad(Optimizer):
             param group).
         batch_size: ``|D^t|``, the mini-batch size (Table 3: 1000); ``step(batch_size=)``
             overrides it for one step (e.g. a short last batch).
-
-    ``lam``, ``dataset_size`` and ``batch_size`` may also come in the param groups, as
-    ``npnn.module`` passes them (``AdaRad([{"params": ..., "lam": 1e-6, "dataset_size": n}], ...)``).
         beta: quadratic mixing rate (Table 3: 0.005).
         eps: numerical stabiliser (Table 3: 1e-8).
         fused: use the fused CPU kernel (:mod:`npnn.fused`): ``None`` (default) where it applies
             (contiguous float32/float64 CPU weights, one set of hyperparameters, the kernel
             builds), ``False`` never (the eager reference), ``True`` always (an error where it
             cannot). Both give the same result to rounding.
+
+    ``lam``, ``dataset_size`` and ``batch_size`` may also come in the param groups, as
+    ``npnn.module`` passes them (``AdaRad([{"params": ..., "lam": 1e-6, "dataset_size": n}], ...)``).
     """
 
     def __init__(

@@ -236,6 +236,13 @@ def check_resume(checkpoint: dict, cfg: DictConfig, path: str | Path,
                  quiet: bool = False) -> dict[str, tuple[Any, Any]]:
     """Compare the run's config with the checkpoint's; return the accepted changes (``resume_changes``),
     or raise naming every refused key with both values. ``quiet``: no warnings (a first check)."""
+    from npnn.module import NonparametricModule  # noqa: PLC0415
+
+    found = checkpoint.get("npnn", {}).get("format", 1)
+    if found != NonparametricModule.CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} was written by an older npnn (checkpoint format {found}; this version reads "
+                              f"{NonparametricModule.CHECKPOINT_FORMAT}): resume it with the npnn version that wrote "
+                              f"it, or start afresh without ckpt_path")
     stored = checkpoint.get("npnn_config")
     if stored is None:
         if not quiet:

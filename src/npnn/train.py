@@ -88,33 +88,42 @@ def _construct(group: str, make: Callable[[], Any]) -> Any:
 
 def steps_per_call(cfg: DictConfig, steps_per_epoch: int) -> int:
     """The run's ``steps_per_call`` (README, Benchmarks): optimizer steps per call of Lightning's training
-    step. Every value that divides the steps of an epoch, the steps between validations and those
-    between checkpoints (``checkpoint_every_steps``) trains the same run; ``auto`` takes the largest
-    divisor up to 8 of the first two (poker: 8, mnist: 5)."""
+    step. Every value that divides the steps of an epoch, the steps between validations and between
+    checkpoints (``checkpoint_every_steps``) and ``trainer.max_steps`` trains the same run; ``auto``
+    takes the largest such value up to 8 (poker: 8, mnist: 5)."""
     every = cfg.trainer.get("val_check_interval", 1.0)  # what Lightning uses (default: dataset.val_every)
+    every = 1.0 if every is None else every
     if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
         raise ConfigError(f"trainer.val_check_interval (default: dataset.val_every) must be > 0, got {every!r}")
     counts = {f"the {steps_per_epoch} steps of an epoch": steps_per_epoch}
-    if isinstance(every, float):  # a fraction of an epoch (an int counts calls)
+    if isinstance(every, float):  # a fraction of an epoch
         between = every * steps_per_epoch
         counts[f"the {between:g} steps between validations (trainer.val_check_interval={every})"] = \
             round(between) if abs(between - round(between)) < 1e-9 else 0
+    else:  # an integer counts calls, which would change with steps_per_call
+        counts[f"trainer.val_check_interval={every} (an integer counts calls: use a fraction of an epoch)"] = 0
+    every_steps = cfg.get("checkpoint_every_steps")
+    if every_steps is not None:
+        if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 1:
+            raise ConfigError(f"checkpoint_every_steps must be null (at every validation) or an integer >= 1, "
+                              f"got {every_steps!r}")
+        counts[f"checkpoint_every_steps={every_steps}"] = every_steps
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps")
+    if isinstance(max_steps, int) and max_steps > 0:
+        counts[f"trainer.max_steps={max_steps}"] = max_steps
 
     def fits(k: int) -> bool:
-        return all(n > 0 and n % k == 0 for n in counts.values())
+        return k == 1 or all(n > 0 and n % k == 0 for n in counts.values())
 
     k = cfg.get("steps_per_call", "auto")
     if k == "auto":
-        k = max([1] + [k for k in range(2, 9) if fits(k)])
-    elif isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        return max(k for k in range(1, 9) if fits(k))
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"steps_per_call must be auto or an integer >= 1, got {k!r}")
-    every_steps = cfg.get("checkpoint_every_steps")
-    if isinstance(every_steps, int) and every_steps > 0:
-        counts[f"checkpoint_every_steps={every_steps}"] = every_steps
     if not fits(k):
-        raise ConfigError(f"steps_per_call={k} (from {cfg.get('steps_per_call', 'auto')}) must divide "
-                          f"{', '.join(counts)}: otherwise validations or checkpoints move to other steps than with "
-                          f"steps_per_call=1. Use a divisor of them all, e.g. steps_per_call=1")
+        raise ConfigError(f"steps_per_call={k} must divide {', '.join(counts)}: otherwise validations, checkpoints "
+                          f"or the end move to other steps than with steps_per_call=1. Use steps_per_call=auto "
+                          f"(or 1)")
     return k
 
 
@@ -137,10 +146,11 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
     """Everything a run needs, from its config."""
     validate_config(cfg)
     run_dir = Path(run_dir)
-    stored, changes = None, {}
+    stored, changes, resumed_k = None, {}, None
     if cfg.get("ckpt_path") is not None:  # read it now: a bad file or changed settings fail before any work
         checkpoint = read_checkpoint(cfg.ckpt_path)
         stored, changes = checkpoint.get("npnn_config"), check_resume(checkpoint, cfg, cfg.ckpt_path)
+        resumed_k = checkpoint["npnn"]["steps_per_call"]
         del checkpoint
     pl.seed_everything(cfg.seed, workers=True)
     model = cfg.model
@@ -149,20 +159,25 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
         growth = _construct("model.growth", lambda: Growth(rate=model.growth.rate, every=model.growth.every,
                                                             until=model.growth.get("until"), seed=cfg.seed + 1))
     callbacks: list[pl.Callback] = []
-    if cfg.protocol is not None and cfg.protocol.get("_target_"):
-        callbacks.append(_construct("protocol", lambda: instantiate(cfg.protocol)))
+    if cfg.protocol is not None and cfg.protocol.get("_target_"):  # the protocol for the model's kind
+        callbacks.append(_construct("protocol", lambda: instantiate(cfg.protocol, kind=model.kind)))
     splits: Splits = instantiate(cfg.dataset.loader)
     datamodule = _construct("dataset", lambda: InMemoryDataModule(
         splits, batch_size=cfg.dataset.batch_size, eval_batch_size=cfg.dataset.get("eval_batch_size", 10_000),
         seed=cfg.seed))
-    datamodule.train_batches.steps_per_call = steps_per_call(cfg, datamodule.train_batches.num_batches)
+    k = steps_per_call(cfg, datamodule.train_batches.num_batches)
+    if resumed_k is not None and k != resumed_k:  # Lightning's restored loop counts calls of the checkpoint's size
+        raise ConfigError(f"steps_per_call is {k} here ({cfg.get('steps_per_call', 'auto')}), but the checkpoint's run "
+                          f"made {resumed_k} steps per call: a resume cannot change it. Pass steps_per_call={resumed_k} "
+                          f"(with a budget that it divides: trainer.max_steps)")
+    datamodule.train_batches.steps_per_call = k
     net = dict(in_features=splits.num_features, hidden_sizes=hidden_sizes(model), out_features=splits.num_classes,
                norm=model.norm, output_norm=model.output_norm, capnorm_eval_stats=model.capnorm_eval_stats,
                norm_momentum=model.norm_momentum)
     module = _construct("model", lambda: NonparametricModule(
         net=net, optimizer=_construct("optimizer", lambda: instantiate(cfg.optimizer)), lam=cfg["lambda"],
         dataset_size=splits.sizes[0], batch_size=cfg.dataset.batch_size, growth=growth,
-        divergence=divergence_limits(cfg)))
+        divergence=divergence_limits(cfg), steps_per_call=k))
     _construct("optimizer", module.configure_optimizers)  # its checks now, not once training has begun
     callbacks.append(UnitLogger(run_dir, lengths_every=cfg.get("unit_lengths_every", 1)))
     callbacks.append(ResumeChanges(cfg, stored, changes))
