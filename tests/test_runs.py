@@ -275,9 +275,9 @@ def test_steps_per_call_must_divide_the_steps_between_validations_and_checkpoint
         main(tiny("trainer.max_steps=44", "protocol=none", f"ckpt_path={ckpt}"), tmp_path / "a")  # auto: 4
     old = torch.load(ckpt, weights_only=False)
     old["npnn"]["format"] = 1
-    torch.save(old, tmp_path / "old.ckpt")
+    torch.save(old, ckpt.with_name("old.ckpt"))
     with pytest.raises(CheckpointError, match=r"old.ckpt was written by an older npnn \(checkpoint format 1"):
-        main(tiny("trainer.max_steps=60", "protocol=none", f"ckpt_path={tmp_path / 'old.ckpt'}"), tmp_path / "a")
+        main(tiny("trainer.max_steps=60", "protocol=none", f"ckpt_path={ckpt.with_name('old.ckpt')}"), tmp_path / "a")
 
 
 # ------------------------------------------------------------- 6. clear errors
