@@ -2,7 +2,7 @@
 
     python -m npnn.bench optimizer [--shapes mnist poker] [--rounds 30] [--steps 10]
     python -m npnn.bench kernels [--rounds 30]
-    python -m npnn.bench epoch [--dataset poker|mnist] [--sizes ...] [--epochs 3] [--data-dir DIR]
+    python -m npnn.bench epoch [--dataset poker|mnist] [--sizes ...] [--epochs N] [--data-dir DIR] [--set KEY=VALUE ...]
     python -m npnn.bench lightning [--sizes 43 44 35 24] [--rounds 5]
 
 ``epoch`` times epochs of the app (``python train.py dataset=poker``; ``--dataset mnist``: the
@@ -181,27 +181,24 @@ class _Interleave(pl.Callback):
         self._start, self._step = time.perf_counter(), module.step_count
 
 
-EPOCH_SETTINGS = {  # the app's config for `epoch`, and the default starting sizes
-    "poker": (["dataset=poker", "lambda=1e-3", "optimizer.alpha_phi=100"], [23, 24, 15, 4]),
-    "mnist": (["experiment=fig3_mnist"], [190, 20]),  # Fig. 3 grows to 218-17
+EPOCH_SETTINGS = {  # the app's config for `epoch`, the default starting sizes and epochs (30 validations)
+    "poker": (["dataset=poker", "lambda=1e-3", "optimizer.alpha_phi=100"], [23, 24, 15, 4], 3),
+    "mnist": (["experiment=fig3_mnist"], [190, 20], 30),  # Fig. 3 grows to 218-17
 }
 
 
-def bench_epoch(dataset: str, sizes: list[int] | None, epochs: int, data_dir: str = "data",
-                overrides: list[str] = (), manual_backward: bool = False) -> float:
+def bench_epoch(dataset: str, sizes: list[int] | None, epochs: int | None, data_dir: str = "data",
+                overrides: list[str] = ()) -> float:
     """Epochs of ``python train.py`` on ``dataset`` (protocol or not as configured, growth, validations,
     checkpoints), starting from ``sizes``, paired interval by interval with a plain loop at the app's sizes."""
     import tempfile
 
     from npnn.config import compose
-    from npnn.module import NonparametricModule
     from npnn.train import build
 
-    NonparametricModule.plain_backward = not manual_backward
-
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    setting, default_sizes = EPOCH_SETTINGS[dataset]
-    sizes = sizes or default_sizes
+    setting, default_sizes, default_epochs = EPOCH_SETTINGS[dataset]
+    sizes, epochs = sizes or default_sizes, epochs or default_epochs
     cfg = compose(*setting, f"data_dir={data_dir}", f"model.start_units={list(sizes)}",
                   f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false", *overrides)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -212,7 +209,7 @@ def bench_epoch(dataset: str, sizes: list[int] | None, epochs: int, data_dir: st
     per_epoch = len(timer.app) // epochs
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {dataset}, {epochs} epochs of the app (fused "
           f"kernels {'on' if npnn_fused.active(torch.zeros(1)) else 'off'}, steps_per_call "
-          f"{dm.train_batches.steps_per_call}{', manual_backward' if manual_backward else ''}"
+          f"{dm.train_batches.steps_per_call}"
           f"{', ' + ' '.join(overrides) if overrides else ''}), {per_epoch} validation(s) an epoch "
           f"(validation + test sets); each interval between validations paired with a plain-loop segment of as "
           f"many steps")
@@ -358,12 +355,10 @@ def main(argv: list[str] | None = None) -> None:
     p_epoch.add_argument("--dataset", choices=sorted(EPOCH_SETTINGS), default="poker")
     p_epoch.add_argument("--sizes", type=int, nargs="+", default=None,
                          help="starting hidden sizes (poker: 23 24 15 4; mnist: 190 20)")
-    p_epoch.add_argument("--epochs", type=int, default=3)
+    p_epoch.add_argument("--epochs", type=int, default=None, help="default: poker 3, mnist 30")
     p_epoch.add_argument("--data-dir", default="data", help="where the data sets are (mnist: its raw files)")
     p_epoch.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                          help="config overrides of the app, e.g. --set steps_per_call=1")
-    p_epoch.add_argument("--manual-backward", action="store_true",
-                         help="Lightning's manual_backward instead of loss.backward() (NonparametricModule.plain_backward)")
     p_epoch.add_argument("--threads", type=int, default=None)
     p_light = sub.add_parser("lightning", help="Lightning's training loop vs the same steps in a bare loop")
     p_light.add_argument("--sizes", type=int, nargs="+", default=[43, 44, 35, 24])
@@ -377,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "kernels":
         bench_kernels(args.rounds)
     elif args.what == "epoch":
-        bench_epoch(args.dataset, args.sizes, args.epochs, args.data_dir, args.set, args.manual_backward)
+        bench_epoch(args.dataset, args.sizes, args.epochs, args.data_dir, args.set)
     elif args.what == "lightning":
         bench_lightning(args.sizes, args.rounds)
 

@@ -209,15 +209,6 @@ class NonparametricModule(pl.LightningModule):
         return float(self.optimizer.param_groups[0][self.step_size_key])
 
     # --------------------------------------------------------------- training
-    def on_train_start(self) -> None:
-        # manual_backward wraps loss.backward() in precision scaling, the strategy and the callbacks'
-        # on_before_backward / on_after_backward, which in full precision on one device change nothing
-        trainer = self.trainer
-        self._plain_backward = (str(trainer.precision) in ("32-true", "32", "64-true", "64")
-                                and trainer.world_size == 1 and self.plain_backward)
-
-    plain_backward = True  # False: always manual_backward (e.g. for a callback that uses the backward hooks)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -235,10 +226,7 @@ class NonparametricModule(pl.LightningModule):
                 f"the training loss is {loss.item()} at step {self.step_count}: training cannot go on. The last "
                 f"checkpoint before it is intact; resume from it with smaller step sizes (optimizer.alpha_phi / lr)")
         opt.zero_grad(set_to_none=True)
-        if self._plain_backward:  # = manual_backward here, without its hooks (README, Benchmarks)
-            loss.backward()
-        else:
-            self.manual_backward(loss)
+        self.manual_backward(loss)
         if self.uses_adarad:
             opt.step(batch_size=len(y))  # lines 11-17; shrinkage by alpha_r lambda |D^t| / |D|
         else:
@@ -295,8 +283,9 @@ class NonparametricModule(pl.LightningModule):
             metrics["phi_max"] = self.optimizer.phi_max.item()
         self.last_val_error = metrics["val/error"]
         self.last_metrics = metrics
-        # straight to the loggers (as RewindProtocol logs its phase): these are already epoch-level
-        # floats, and Lightning's self.log costs about a millisecond per key on a CPU
+        # straight to the loggers and saved now (as RewindProtocol logs its phase): self.log would keep them
+        # until the logger's flush (CSVLogger: every 100 steps), and a run that dies would lose them
+        # (tests/test_app.py::test_metrics_are_on_disk_at_every_validation_not_only_at_the_end)
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.global_step)
             logger.save()  # written now: a run that dies keeps its metrics
