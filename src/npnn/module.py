@@ -131,6 +131,8 @@ class NonparametricModule(pl.LightningModule):
             validation error, in multiples of the majority-class predictor's:
             :meth:`check_better_than_majority`). ``divergence=None`` uses the defaults;
             non-finite weights always stop the run.
+        steps_per_call: optimizer steps per call of ``training_step`` (the loader's lists; stored in
+            checkpoints, as a resume must keep it).
     """
 
     DIVERGENCE_DEFAULTS = {"max_train_ce": 5.0, "max_step_angle": 1.0, "max_fan_in_length": 1e4,
