@@ -116,7 +116,7 @@ def test_default_config_is_the_paper_poker_setting():
     ("optimizer.alpha_phi=-3", r"optimizer: AdaRad: alpha_phi must be a finite number >= 0, got -3"),
     ("dataset.batch_size=0", r"dataset: dataset.batch_size must be an integer >= 1"),
     ("dataset.eval_batch_size=0", r"dataset: dataset.eval_batch_size must be an integer >= 1"),
-    ("dataset.val_every=0", r"trainer.val_check_interval \(default: dataset.val_every\) must be > 0"),
+    ("dataset.val_every=0", r"trainer.val_check_interval \(default: dataset.val_every\) must be a fraction .*, > 0"),
     ("dataset.val_every=2.5", r"trainer: .*invalid value 2.5 for val_check_interval"),
     ("overwrite=yes", r"overwrite must be true or false"),
     ("resume_changes=lambda", r"resume_changes must be a list of config keys"),

@@ -255,14 +255,14 @@ def test_steps_per_call_must_divide_the_steps_between_validations_and_checkpoint
     with pytest.raises(ConfigError, match=r"steps_per_call=3 must divide the 20 steps of an epoch"):
         build(tiny("steps_per_call=3"), tmp_path)
     poker = tiny("dataset=poker", "steps_per_call=32")
-    with pytest.raises(ConfigError, match=r"800 steps of an epoch, the 80 steps between validations"):
+    with pytest.raises(ConfigError, match=r"800 steps of an epoch, and keep the validations every 80 steps .* every 64"):
         steps_per_call(poker, 800)
     assert steps_per_call(tiny("dataset=poker"), 800) == 8 and steps_per_call(tiny("dataset=mnist"), 50) == 5
     assert steps_per_call(tiny("dataset=poker", "checkpoint_every_steps=100"), 800) == 5
-    with pytest.raises(ConfigError, match=r"steps_per_call=8 must divide .*checkpoint_every_steps=100"):
+    with pytest.raises(ConfigError, match=r"steps_per_call=8 must divide .*checkpoint_every_steps=100"):  # noqa
         steps_per_call(tiny("dataset=poker", "checkpoint_every_steps=100", "steps_per_call=8"), 800)
     assert steps_per_call(tiny("trainer.val_check_interval=10"), 20) == 1  # an integer interval counts calls
-    assert steps_per_call(tiny("dataset=poker", "dataset.batch_size=512"), 1563) == 1  # 156.3 steps between
+    assert steps_per_call(tiny("dataset=poker", "dataset.batch_size=512"), 1563) == 3  # every 156 steps either way
     assert steps_per_call(tiny("trainer.max_steps=44"), 20) == 4
     with pytest.raises(ConfigError, match=r"checkpoint_every_steps must be null .* or an integer >= 1, got 0"):
         steps_per_call(tiny("checkpoint_every_steps=0"), 20)
@@ -271,12 +271,19 @@ def test_steps_per_call_must_divide_the_steps_between_validations_and_checkpoint
     with pytest.raises(CheckpointError, match=r"cannot change on resume"):  # it would move the validations
         main(tiny("steps_per_call=2", "trainer.max_steps=60", "protocol=none", "resume_changes=[steps_per_call]",
                   f"ckpt_path={ckpt}"), tmp_path / "a")
-    with pytest.raises(ConfigError, match=r"steps_per_call is 4 here \(auto\), but the checkpoint's run made 5"):
-        main(tiny("trainer.max_steps=44", "protocol=none", f"ckpt_path={ckpt}"), tmp_path / "a")  # auto: 4
+    with pytest.raises(ConfigError, match=r"the checkpoint's run made 5 optimizer steps per training-step call"):
+        main(tiny("trainer.max_steps=44", "protocol=none", f"ckpt_path={ckpt}"), tmp_path / "a")  # 5 does not fit
+    main(tiny("trainer.max_steps=44", "protocol=none"), tmp_path / "b")  # auto: 4
+    b_ckpt = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    main(tiny("trainer.max_steps=60", "protocol=none", f"ckpt_path={b_ckpt}"), tmp_path / "b")
+    assert torch.load(b_ckpt, weights_only=False)["npnn"]["steps_per_call"] == 4  # auto keeps it (not 5)
+    # Lightning counts calls: 0.29 of 200 steps is 57 steps between validations for k = 1, 56 for k = 2
+    assert steps_per_call(tiny("dataset.val_every=0.29"), 200) == 1
+    assert steps_per_call(tiny("+trainer.limit_train_batches=7"), 20) == 1  # an integer limit counts calls
     old = torch.load(ckpt, weights_only=False)
-    old["npnn"]["format"] = 1
+    old["npnn"]["format"] = 2
     torch.save(old, ckpt.with_name("old.ckpt"))
-    with pytest.raises(CheckpointError, match=r"old.ckpt was written by an older npnn \(checkpoint format 1"):
+    with pytest.raises(CheckpointError, match=r"old.ckpt was written by an older npnn \(checkpoint format 2"):
         main(tiny("trainer.max_steps=60", "protocol=none", f"ckpt_path={ckpt.with_name('old.ckpt')}"), tmp_path / "a")
 
 

@@ -137,7 +137,7 @@ class NonparametricModule(pl.LightningModule):
 
     DIVERGENCE_DEFAULTS = {"max_train_ce": 5.0, "max_step_angle": 1.0, "max_fan_in_length": 1e4,
                            "max_final_val_error": 1.0}
-    CHECKPOINT_FORMAT = 2  # 2: lambda and the step size only in the optimizer's param_groups, growth in the module
+    CHECKPOINT_FORMAT = 3  # lambda and the step size only in the optimizer's param_groups; growth and steps_per_call here
 
     def __init__(self, net: dict, optimizer: Callable[..., torch.optim.Optimizer], lam: float, dataset_size: int,
                  batch_size: int, growth: Growth | None = None, divergence: dict | None = None,

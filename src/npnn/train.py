@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -86,44 +87,55 @@ def _construct(group: str, make: Callable[[], Any]) -> Any:
         raise ConfigError(f"{group}: {err}") from None
 
 
-def steps_per_call(cfg: DictConfig, steps_per_epoch: int) -> int:
+def steps_per_call(cfg: DictConfig, steps_per_epoch: int, resumed: int | None = None) -> int:
     """The run's ``steps_per_call`` (README, Benchmarks): optimizer steps per call of Lightning's training
-    step. Every value that divides the steps of an epoch, the steps between validations and between
-    checkpoints (``checkpoint_every_steps``) and ``trainer.max_steps`` trains the same run; ``auto``
-    takes the largest such value up to 8 (poker: 8, mnist: 5)."""
+    step. A value trains the same run as 1 if it divides the steps of an epoch, ``checkpoint_every_steps``
+    and ``trainer.max_steps``, and Lightning, which counts calls, then validates on the same steps;
+    ``auto`` takes the largest such value up to 8 (poker: 8, mnist: 5), or a resume's own (``resumed``)."""
     every = cfg.trainer.get("val_check_interval", 1.0)  # what Lightning uses (default: dataset.val_every)
     every = 1.0 if every is None else every
     if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
-        raise ConfigError(f"trainer.val_check_interval (default: dataset.val_every) must be > 0, got {every!r}")
-    counts = {f"the {steps_per_epoch} steps of an epoch": steps_per_epoch}
-    if isinstance(every, float):  # a fraction of an epoch
-        between = every * steps_per_epoch
-        counts[f"the {between:g} steps between validations (trainer.val_check_interval={every})"] = \
-            round(between) if abs(between - round(between)) < 1e-9 else 0
-    else:  # an integer counts calls, which would change with steps_per_call
-        counts[f"trainer.val_check_interval={every} (an integer counts calls: use a fraction of an epoch)"] = 0
+        raise ConfigError(f"trainer.val_check_interval (default: dataset.val_every) must be a fraction of an epoch "
+                          f"or a number of calls, > 0 (time-based intervals are not supported), got {every!r}")
+    limit = cfg.trainer.get("limit_train_batches")
+
+    def steps_between_validations(k: int) -> tuple[int, int]:
+        """(steps an epoch, steps between validations) with lists of k, as Lightning counts them in calls."""
+        calls = math.ceil(steps_per_epoch / k)
+        if isinstance(limit, float) and not isinstance(limit, bool):
+            calls = int(calls * limit)
+        elif isinstance(limit, int) and not isinstance(limit, bool):
+            calls = min(limit, calls)
+        between = max(1, int(calls * every)) if isinstance(every, float) else every
+        return min(calls * k, steps_per_epoch), between * k
+
+    must_divide = {f"the {steps_per_epoch} steps of an epoch": steps_per_epoch}
     every_steps = cfg.get("checkpoint_every_steps")
     if every_steps is not None:
         if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 1:
             raise ConfigError(f"checkpoint_every_steps must be null (at every validation) or an integer >= 1, "
                               f"got {every_steps!r}")
-        counts[f"checkpoint_every_steps={every_steps}"] = every_steps
+        must_divide[f"checkpoint_every_steps={every_steps}"] = every_steps
     max_steps = OmegaConf.select(cfg, "trainer.max_steps")
     if isinstance(max_steps, int) and max_steps > 0:
-        counts[f"trainer.max_steps={max_steps}"] = max_steps
+        must_divide[f"trainer.max_steps={max_steps}"] = max_steps
 
     def fits(k: int) -> bool:
-        return k == 1 or all(n > 0 and n % k == 0 for n in counts.values())
+        return all(n % k == 0 for n in must_divide.values()) and \
+            steps_between_validations(k) == steps_between_validations(1)
 
     k = cfg.get("steps_per_call", "auto")
     if k == "auto":
-        return max(k for k in range(1, 9) if fits(k))
+        return resumed if resumed is not None and fits(resumed) else max(k for k in range(1, 9) if fits(k))
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"steps_per_call must be auto or an integer >= 1, got {k!r}")
     if not fits(k):
-        raise ConfigError(f"steps_per_call={k} must divide {', '.join(counts)}: otherwise validations, checkpoints "
-                          f"or the end move to other steps than with steps_per_call=1. Use steps_per_call=auto "
-                          f"(or 1)")
+        epoch, between = steps_between_validations(1)
+        raise ConfigError(
+            f"steps_per_call={k} must divide {', '.join(must_divide)}, and keep the validations every {between} "
+            f"steps (trainer.val_check_interval={every}; with lists of {k}: every "
+            f"{steps_between_validations(k)[1]}): otherwise validations, checkpoints or the end move to other "
+            f"steps than with steps_per_call=1. Use steps_per_call=auto (or 1)")
     return k
 
 
@@ -165,11 +177,11 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
     datamodule = _construct("dataset", lambda: InMemoryDataModule(
         splits, batch_size=cfg.dataset.batch_size, eval_batch_size=cfg.dataset.get("eval_batch_size", 10_000),
         seed=cfg.seed))
-    k = steps_per_call(cfg, datamodule.train_batches.num_batches)
+    k = steps_per_call(cfg, datamodule.train_batches.num_batches, resumed_k)
     if resumed_k is not None and k != resumed_k:  # Lightning's restored loop counts calls of the checkpoint's size
-        raise ConfigError(f"steps_per_call is {k} here ({cfg.get('steps_per_call', 'auto')}), but the checkpoint's run "
-                          f"made {resumed_k} steps per call: a resume cannot change it. Pass steps_per_call={resumed_k} "
-                          f"(with a budget that it divides: trainer.max_steps)")
+        raise ConfigError(f"the checkpoint's run made {resumed_k} optimizer steps per training-step call, and this "
+                          f"resume's settings do not allow it (steps_per_call would be {k}): keep steps_per_call as "
+                          f"it was and choose a trainer.max_steps and checkpoint_every_steps that {resumed_k} divides")
     datamodule.train_batches.steps_per_call = k
     net = dict(in_features=splits.num_features, hidden_sizes=hidden_sizes(model), out_features=splits.num_classes,
                norm=model.norm, output_norm=model.output_norm, capnorm_eval_stats=model.capnorm_eval_stats,
