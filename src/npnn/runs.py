@@ -17,6 +17,7 @@ directories that are never overwritten by accident, and resumes that refuse chan
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import shutil
@@ -35,13 +36,14 @@ from npnn.module import TrainingError
 
 __all__ = ["AtomicCheckpointIO", "CheckpointError", "RunDirError", "RunInterrupted", "StopOnSignal",
            "ResumeChanges", "RunDirGuard", "write_atomic", "read_checkpoint", "prepare_run_dir", "delete_run", "holds_run",
+           "existing_run",
            "config_changes", "check_resume", "FREE_KEYS", "FIXED_KEYS"]
 
 log = logging.getLogger(__name__)
 
 RUN_FILES = ("checkpoints", "logs", "summary.json", "units.csv", "unit_lengths.csv")  # what a run writes
 # keys a resume may change without asking: budgets, paths, display
-FREE_KEYS = ("ckpt_path", "data_dir", "overwrite", "resume_changes", "checkpoint_every_steps", "logger",
+FREE_KEYS = ("ckpt_path", "data_dir", "overwrite", "resume_existing", "resume_changes", "checkpoint_every_steps", "logger",
              "trainer.max_epochs",
              "trainer.max_steps", "trainer.max_time", "trainer.enable_progress_bar", "trainer.enable_model_summary")
 # keys no resume may change: the data, its order, the network's structure, the algorithm
@@ -167,6 +169,19 @@ def prepare_run_dir(run_dir: str | Path, ckpt_path: str | None = None, overwrite
     return [run_dir / name for name in found]
 
 
+def existing_run(run_dir: str | Path) -> dict | Path | None:
+    """What a relaunch (``resume_existing=true``) finds in ``run_dir``: the summary of a finished run
+    (stopped by anything but a signal), else the checkpoint to resume, else None (start afresh)."""
+    run_dir = Path(run_dir)
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        found = json.loads(summary.read_text())
+        if found.get("stopped_by") != "signal":
+            return found
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    return ckpt if ckpt.is_file() else None
+
+
 def delete_run(paths: list[Path]) -> None:
     if paths:
         log.warning("overwrite=true: deleting the earlier run's %s in %s", ", ".join(p.name for p in paths),
@@ -195,8 +210,8 @@ class RunDirGuard(HydraCallback):
 
     @staticmethod
     def _check(run_dir: Path, config: DictConfig) -> None:
-        if config.get("overwrite") is True:
-            return  # npnn.train.main deletes the earlier run's files
+        if config.get("overwrite") is True or config.get("resume_existing") is True:
+            return  # npnn.train.main deletes the earlier run's files, or skips or resumes it
         try:
             prepare_run_dir(run_dir, config.get("ckpt_path"))
         except RunDirError as err:

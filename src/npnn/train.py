@@ -7,6 +7,7 @@ checkpoints, signals, run-directory rules, resume checks) is :mod:`npnn.runs`.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -25,8 +26,8 @@ from npnn.callbacks import RewindProtocol, UnitLogger
 from npnn.data import InMemoryDataModule, Splits
 from npnn.module import Growth, NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS
-from npnn.runs import (AtomicCheckpointIO, ResumeChanges, StopOnSignal, check_resume, delete_run, prepare_run_dir,
-                       read_checkpoint, write_atomic)
+from npnn.runs import (AtomicCheckpointIO, ResumeChanges, StopOnSignal, check_resume, delete_run, existing_run,
+                       prepare_run_dir, read_checkpoint, write_atomic)
 
 __all__ = ["main", "build", "validate_config", "steps_per_call", "ConfigError", "final_errors"]
 
@@ -44,8 +45,9 @@ def validate_config(cfg: DictConfig) -> None:
     # the run's own keys, which main reads
     if not isinstance(cfg.get("seed"), int):
         raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r}")
-    if not isinstance(cfg.get("overwrite", False), bool):
-        raise ConfigError(f"overwrite must be true or false, got {cfg.get('overwrite')!r}")
+    for key in ("overwrite", "resume_existing"):
+        if not isinstance(cfg.get(key, False), bool):
+            raise ConfigError(f"{key} must be true or false, got {cfg.get(key)!r}")
     changes = cfg.get("resume_changes") or []
     if not (OmegaConf.is_list(changes) or isinstance(changes, list)) or not all(isinstance(c, str) for c in changes):
         raise ConfigError(f"resume_changes must be a list of config keys, e.g. 'resume_changes=[lambda]', "
@@ -224,7 +226,18 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         run_dir = HydraConfig.get().runtime.output_dir
     run_dir = Path(run_dir)
     validate_config(cfg)
-    earlier = prepare_run_dir(run_dir, cfg.get("ckpt_path"), overwrite=cfg.get("overwrite", False))
+    overwrite = cfg.get("overwrite", False)
+    if cfg.get("resume_existing") and cfg.get("ckpt_path") is None:  # a relaunched sweep
+        found = existing_run(run_dir)
+        if isinstance(found, dict):
+            log.info("%s holds this run, finished (stopped_by %s): skipped", run_dir, found.get("stopped_by"))
+            return found
+        if found is not None:
+            log.info("%s holds this run, unfinished: resuming from %s", run_dir, found)
+            cfg = copy.deepcopy(cfg)
+            OmegaConf.update(cfg, "ckpt_path", str(found))
+        overwrite = True  # nothing to resume: what the earlier attempt left is replaced
+    earlier = prepare_run_dir(run_dir, cfg.get("ckpt_path"), overwrite=overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer, module, datamodule = build(cfg, run_dir)
     delete_run(earlier)  # overwrite=true: only once the new run has passed every check
@@ -256,7 +269,9 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     stopped_by = failure.stopped_by if failure is not None else \
         "protocol" if protocol is not None and protocol.done else "budget"
     summary = {
-        "dataset": s.name, "lambda": cfg["lambda"], "seed": cfg.seed, "model": cfg.model.kind,
+        "dataset": s.name, "lambda": cfg["lambda"], "seed": cfg.seed, "model": cfg.model.kind, "norm": cfg.model.norm,
+        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1], "step_size": module.configured_hparams[0][
+            module.step_size_key],
         "hidden_sizes": module.net.hidden_sizes, "weights": module.net.num_weights(),
         "val_error": val_error, "test_error": errors["test"],
         "epochs": module.step_count * module.batch_size / module.dataset_size,

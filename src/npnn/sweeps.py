@@ -1,0 +1,123 @@
+"""Gather the runs of sweeps into one table and make the paper's picks (sections 7.4.1 / 7.4.2).
+
+    python -m npnn.sweeps DIR [DIR ...] [--out runs.csv]
+
+Reads every ``summary.json`` under the directories (a run's own, or a Hydra multirun's), with
+the run's overrides (``.hydra/overrides.yaml``), writes them as one CSV and prints the picks:
+
+- per nonparametric setting (all overrides but ``seed``), the representative run (7.4.1 step 2):
+  the run closest to the median of both weight count and test error (TCE) across its seeds, by
+  ``|w - median w| / range w + |TCE - median TCE| / range TCE`` (each term 0 when the range is 0);
+- the best parametric settings by median validation error (VCE) across their seeds (steps 4 and 6).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["gather", "write_table", "setting", "representatives", "best_settings", "COLUMNS"]
+
+COLUMNS = ("run_dir", "setting", "dataset", "model", "norm", "optimizer", "step_size", "lambda", "seed",
+           "hidden_sizes", "weights", "val_error", "test_error", "epochs", "wall_time_s", "stopped_by")
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    return [str(o) for o in OmegaConf.load(path)]
+
+
+def setting(overrides: Iterable[str]) -> str:
+    """A run's setting: its overrides but the seed (and paths and display, which do not change a run)."""
+    ignored = ("seed=", "data_dir=", "hydra.", "trainer.enable_progress_bar=", "logger=", "ckpt_path=",
+               "resume_existing=", "overwrite=")
+    return ",".join(sorted(o for o in overrides if not o.lstrip("+~").startswith(ignored)))
+
+
+def gather(dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """One row per ``summary.json`` under ``dirs``, sorted by run directory."""
+    rows = []
+    for top in dirs:
+        for path in sorted(Path(top).rglob("summary.json")):
+            summary = json.loads(path.read_text())
+            row = {key: summary.get(key) for key in COLUMNS}
+            row["run_dir"] = str(path.parent)
+            row["setting"] = setting(_overrides(path.parent))
+            row["hidden_sizes"] = "-".join(map(str, summary.get("hidden_sizes") or []))
+            rows.append(row)
+    return rows
+
+
+def write_table(rows: list[dict[str, Any]], path: str | Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _groups(rows: list[dict[str, Any]], model: str) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["model"] == model and row["stopped_by"] in ("protocol", "budget"):
+            groups.setdefault(row["setting"], []).append(row)
+    return groups
+
+
+def representatives(rows: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], float]]:
+    """Per nonparametric setting, the run closest to the median weight count and TCE of its seeds, and its
+    distance (7.4.1 step 2)."""
+    picks = {}
+    for key, runs in _groups(rows, "nonparametric").items():
+        weights, errors = [float(r["weights"]) for r in runs], [float(r["test_error"]) for r in runs]
+        mid_w, mid_e = statistics.median(weights), statistics.median(errors)
+        span_w, span_e = max(weights) - min(weights), max(errors) - min(errors)
+
+        def distance(run: dict[str, Any]) -> float:
+            return (abs(float(run["weights"]) - mid_w) / span_w if span_w else 0.0) + \
+                (abs(float(run["test_error"]) - mid_e) / span_e if span_e else 0.0)
+
+        best = min(runs, key=lambda r: (distance(r), r["run_dir"]))
+        picks[key] = (best, distance(best))
+    return picks
+
+
+def best_settings(rows: list[dict[str, Any]], top: int = 10) -> list[tuple[str, float, int]]:
+    """The parametric settings with the lowest median VCE over their seeds: ``(setting, median VCE, runs)``."""
+    ranked = [(key, statistics.median(float(r["val_error"]) for r in runs), len(runs))
+              for key, runs in _groups(rows, "parametric").items()]
+    return sorted(ranked, key=lambda t: (t[1], t[0]))[:top]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m npnn.sweeps", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dirs", nargs="+", help="run or sweep directories (searched for summary.json)")
+    parser.add_argument("--out", default=None, help="write the table as CSV here")
+    parser.add_argument("--top", type=int, default=10, help="parametric settings to list")
+    args = parser.parse_args(argv)
+    missing = [d for d in args.dirs if not Path(d).is_dir()]
+    if missing:
+        parser.error(f"no such directory: {', '.join(missing)}")
+    rows = gather(args.dirs)
+    if not rows:
+        parser.exit(1, f"{parser.prog}: no summary.json under {', '.join(args.dirs)}\n")
+    if args.out:
+        write_table(rows, args.out)
+    done = sum(r["stopped_by"] in ("protocol", "budget") for r in rows)
+    print(f"{len(rows)} runs ({done} finished, {len(rows) - done} stopped otherwise)"
+          + (f"; table: {args.out}" if args.out else ""))
+    for key, (run, dist) in representatives(rows).items():
+        print(f"representative of [{key}]: {run['run_dir']} (seed {run['seed']}, {run['weights']} weights, "
+              f"{run['hidden_sizes']}, TCE {100 * float(run['test_error']):.3f}%, distance {dist:.3f})")
+    for key, vce, n in best_settings(rows, args.top):
+        print(f"parametric [{key}]: median VCE {100 * vce:.3f}% over {n} run(s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Sweeps: Hydra multiruns through the joblib launcher, relaunches that skip finished runs, the gathered
+table and the paper's picks (sections 7.4.1 / 7.4.2)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from npnn.config import CONF_DIR
+from npnn.sweeps import best_settings, gather, main as sweeps_main, representatives
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+         "dataset=synthetic", "lambda=1e-3,3e-3", "seed=0,1", "trainer.max_epochs=2", "logger=none",
+         "trainer.enable_progress_bar=false", "resume_existing=true", f"hydra.sweep.dir={sweep_dir}", *overrides],
+        cwd=sweep_dir.parent, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_a_grid_runs_on_two_workers_and_a_relaunch_skips_finished_runs(tmp_path):
+    first = sweep(tmp_path / "sweep")
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = gather([tmp_path / "sweep"])
+    assert len(rows) == 4 and {(r["lambda"], r["seed"]) for r in rows} == {(1e-3, 0), (1e-3, 1), (3e-3, 0), (3e-3, 1)}
+    assert {r["setting"] for r in rows} == {"dataset=synthetic,lambda=0.001,trainer.max_epochs=2",
+                                            "dataset=synthetic,lambda=0.003,trainer.max_epochs=2"}
+    unfinished = Path(rows[0]["run_dir"])
+    (unfinished / "summary.json").unlink()  # as if its job died after its last checkpoint
+    again = sweep(tmp_path / "sweep")
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert log.count("finished (stopped_by budget): skipped") == 3
+    assert f"{unfinished} holds this run, unfinished: resuming from" in log
+    assert [r["val_error"] for r in gather([tmp_path / "sweep"])] == [r["val_error"] for r in rows]
+    sweeps_main([str(tmp_path / "sweep"), "--out", str(tmp_path / "runs.csv")])
+    lines = (tmp_path / "runs.csv").read_text().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("run_dir,setting,dataset,model")
+
+
+def _row(run: str, model: str, seed: int, weights: int, tce: float, vce: float, setting: str = "s") -> dict:
+    return dict(run_dir=run, setting=setting, model=model, seed=seed, weights=weights, test_error=tce,
+                val_error=vce, stopped_by="protocol")
+
+
+def test_the_representative_is_the_run_nearest_the_median_size_and_error():
+    rows = [_row("a", "nonparametric", 0, 1000, 0.020, 0.0), _row("b", "nonparametric", 1, 1200, 0.018, 0.0),
+            _row("c", "nonparametric", 2, 1100, 0.019, 0.0),  # the median of both
+            _row("d", "nonparametric", 3, 1050, 0.025, 0.0), _row("e", "nonparametric", 4, 1500, 0.019, 0.0)]
+    run, distance = representatives(rows)["s"]
+    assert run["run_dir"] == "c" and distance == 0.0
+    rows[2]["weights"] = 1300  # medians now 1200 weights (b) and TCE 0.019 (c, e); ranges 500 and 0.007
+    run, distance = representatives(rows)["s"]
+    assert run["run_dir"] == "b" and distance == pytest.approx(0.001 / 0.007)  # c: 0.2, e: 0.6, a: 0.54
+
+
+def test_the_best_parametric_settings_go_by_median_validation_error():
+    rows = [_row(f"{s}{i}", "parametric", i, 100, 0.0, vce, setting=s)
+            for s, vces in (("lr=1", [0.1, 0.5, 0.2]), ("lr=2", [0.05, 0.3, 0.3]), ("lr=3", [0.25]))
+            for i, vce in enumerate(vces)]
+    assert [(s, v, n) for s, v, n in best_settings(rows)] == [("lr=1", 0.2, 3), ("lr=3", 0.25, 1), ("lr=2", 0.3, 3)]
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "slurm"])
+def test_the_launcher_configs_compose(launcher):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher" if launcher == "joblib" else "SlurmLauncher")
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.max_num_timeout == 20 and cfg.hydra.launcher.timeout_min == 240
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml")))
+def test_every_sweep_config_composes(name):
+    from npnn.train import validate_config
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hparams_search={name}"], return_hydra_config=True)
+    params = dict(cfg.hydra.sweeper.params)
+    assert params and cfg.resume_existing is True
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        validate_config(compose("config", overrides=[f"hparams_search={name}"]))
