@@ -29,7 +29,7 @@ from torch.optim.optimizer import required
 
 from npnn import fused as npnn_fused
 
-__all__ = ["AdaRad", "AdaRadM", "ScaledRMSprop", "ScaledAdam", "group_shrink_", "resize_state", "select_and_extend"]
+__all__ = ["AdaRad", "AdaRadM", "group_shrink_", "resize_state", "select_and_extend"]
 
 
 def select_and_extend(t: Tensor, dim: int, keep: Tensor | None, new: Tensor | None) -> Tensor:
@@ -416,96 +416,3 @@ class AdaRadM(AdaRad):
             w_sq = _rowdot(w, w)
             coef = torch.where(w_sq > 0, _rowdot(pt, w) / w_sq.clamp_min(torch.finfo(w.dtype).tiny), 0.0)
             pt.sub_(coef.unsqueeze(1) * w)
-
-
-class ScaledRMSprop(Optimizer):
-    r"""RMSprop (and, with ``beta_arith``, Adam) with the paper's step size ``alpha`` (section 7.4; README).
-
-    The paper searches one grid of step sizes, ``alpha`` in 1 ... 100,000, for SGD, momentum, Nesterov,
-    RMSprop and Adam, on the loss ``batch sum / |D|`` (Algorithm 1 line 8), and calls RMSprop with
-    alpha = 300 optimal on mnist (Fig. 3A): not a torch learning rate for a normalised step. Read
-    as AdaRad normalises (Alg. 1 line 14), the per-weight normalisation keeps the global gradient
-    scale: for every weight ``w`` with gradient ``g``
-
-    .. code-block:: text
-
-        v = (1 - beta) v + beta g^2 ;  c = (1 - beta) c + beta            (running average, bias weight)
-        v_max = max(v_max, max v) ;  c_max = max(c_max, c)                (global: all weights, all steps)
-        m = (1 - beta_arith) m + beta_arith g ;  a likewise               (Adam; RMSprop: m = g, a = 1)
-        w = w - alpha sqrt(v_max / c_max) (m / a) / sqrt(v / c + eps)
-
-    so a step is ``alpha`` times a gradient of the global scale, as for SGD (``lr = alpha``).
-
-    Args:
-        params: the parameters (any shape).
-        lr: the paper's ``alpha``.
-        beta: the quadratic mixing rate (Table 3: 0.005).
-        beta_arith: Adam's arithmetic mixing rate (Table 3: 0.1); ``None``: RMSprop.
-        eps: as AdaRad's (Table 3: 1e-8, scaled to the loss's scale as ``dataset.adarad_eps``).
-    """
-
-    def __init__(self, params, lr: float, beta: float = 0.005, beta_arith: float | None = None,
-                 eps: float = 1e-8) -> None:
-        if not (lr >= 0 and math.isfinite(lr)):
-            raise ValueError(f"{type(self).__name__}: lr (alpha) must be a finite number >= 0, got {lr!r}")
-        for name, value in (("beta", beta), ("beta_arith", beta_arith)):
-            if value is not None and not 0 < value <= 1:
-                raise ValueError(f"{type(self).__name__}: {name} must lie in (0, 1], got {value!r}")
-        if not eps > 0:
-            raise ValueError(f"{type(self).__name__}: eps must be > 0, got {eps!r}")
-        super().__init__(params, dict(lr=lr, beta=beta, beta_arith=beta_arith, eps=eps))
-        self.v_max: Tensor | None = None
-        self.c_max: Tensor | None = None
-
-    def state_dict(self) -> dict:
-        sd = super().state_dict()
-        if self.v_max is not None:
-            sd["global"] = {"v_max": self.v_max.clone(), "c_max": self.c_max.clone()}
-        return sd
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        glob = state_dict.pop("global", None)
-        super().load_state_dict(state_dict)
-        self.v_max = None if glob is None else glob["v_max"].clone()
-        self.c_max = None if glob is None else glob["c_max"].clone()
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        work = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state or state["v"].shape != p.shape:  # new, or resized with the network
-                    state.update(v=torch.zeros_like(p), m=torch.zeros_like(p), c=p.new_zeros(()), a=p.new_zeros(()))
-                b, ba = group["beta"], group["beta_arith"]
-                state["v"].mul_(1 - b).addcmul_(p.grad, p.grad, value=b)
-                state["c"].mul_(1 - b).add_(b)
-                if ba is not None:
-                    state["m"].mul_(1 - ba).add_(p.grad, alpha=ba)
-                    state["a"].mul_(1 - ba).add_(ba)
-                work.append((group, p, state))
-        if not work:
-            return loss
-        v_max = torch.stack([s["v"].max() for _, _, s in work]).max()
-        c_max = torch.stack([s["c"] for _, _, s in work]).max()
-        self.v_max = v_max if self.v_max is None else torch.maximum(self.v_max, v_max)
-        self.c_max = c_max if self.c_max is None else torch.maximum(self.c_max, c_max)
-        scale = torch.sqrt(self.v_max / self.c_max)
-        for group, p, state in work:
-            direction = p.grad if group["beta_arith"] is None else state["m"] / state["a"]
-            p.sub_(direction / (state["v"] / state["c"] + group["eps"]).sqrt_() * (scale * group["lr"]))
-        return loss
-
-
-class ScaledAdam(ScaledRMSprop):
-    """Adam with the paper's step size: :class:`ScaledRMSprop` with ``beta_arith`` (Table 3: 0.1)."""
-
-    def __init__(self, params, lr: float, beta: float = 0.005, beta_arith: float = 0.1, eps: float = 1e-8) -> None:
-        super().__init__(params, lr, beta=beta, beta_arith=beta_arith, eps=eps)
