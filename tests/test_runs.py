@@ -161,7 +161,8 @@ def test_a_signal_at_any_step_resumes_to_the_uninterrupted_run(tmp_path, at_step
     ckpt = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=False)["npnn"]["step_count"] == at_step
     resumed = main(tiny(*overrides, f"ckpt_path={ckpt}"), tmp_path / "stopped")
-    for key in ("hidden_sizes", "val_error", "test_error", "epochs", "steps_trained", "protocol"):
+    for key in ("hidden_sizes", "val_error", "test_error", "epochs", "steps_trained", "protocol", "best_val_error",
+                "test_error_at_best", "best_epoch"):
         assert resumed[key] == full[key], key
     for name in ("units.csv", "unit_lengths.csv"):
         assert (tmp_path / "full" / name).read_text() == (tmp_path / "stopped" / name).read_text(), name

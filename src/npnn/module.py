@@ -176,6 +176,7 @@ class NonparametricModule(pl.LightningModule):
         self._val_ce = torch.zeros(())
         self._val_n = 0
         self.last_val_error = math.nan
+        self.best_validation: dict[str, float] = {}  # the lowest VCE seen, with the TCE and epoch at it
         self.last_metrics: dict[str, float] = {}
 
     # ------------------------------------------------------------- optimizer
@@ -284,6 +285,9 @@ class NonparametricModule(pl.LightningModule):
         if self.uses_adarad and self.optimizer.phi_max is not None:
             metrics["phi_max"] = self.optimizer.phi_max.item()
         self.last_val_error = metrics["val/error"]
+        if "test/error" in metrics and not metrics["val/error"] >= self.best_validation.get("val_error", math.inf):
+            self.best_validation = {"val_error": metrics["val/error"], "test_error": metrics["test/error"],
+                                    "epoch": metrics["epoch_float"]}
         self.last_metrics = metrics
         # straight to the loggers and saved now (as RewindProtocol logs its phase): self.log would keep them
         # until the logger's flush (CSVLogger: every 100 steps), and a run that dies would lose them
@@ -399,7 +403,7 @@ class NonparametricModule(pl.LightningModule):
         checkpoint["model_config"] = self.net.config()
         checkpoint["npnn"] = {"format": self.CHECKPOINT_FORMAT, "step_count": self.step_count,
                               "steps_per_call": self.steps_per_call,
-                              "last_removal_step": self.last_removal_step,
+                              "last_removal_step": self.last_removal_step, "best_validation": self.best_validation,
                               "growth": self.growth.state_dict() if self.growth is not None else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -420,5 +424,6 @@ class NonparametricModule(pl.LightningModule):
         if theirs["hidden_sizes"] != mine["hidden_sizes"]:
             self.net._resize_to(theirs["hidden_sizes"])  # the shape first, then Lightning loads the weights
         self.step_count, self.last_removal_step = state["step_count"], state["last_removal_step"]
+        self.best_validation = dict(state.get("best_validation", {}))
         if self.growth is not None:
             self.growth.load_state_dict(state["growth"])

@@ -22,7 +22,8 @@ from typing import Any, Iterable
 __all__ = ["gather", "write_table", "setting", "representatives", "best_settings", "COLUMNS"]
 
 COLUMNS = ("run_dir", "setting", "dataset", "model", "norm", "optimizer", "step_size", "lambda", "seed",
-           "hidden_sizes", "weights", "val_error", "test_error", "epochs", "wall_time_s", "stopped_by")
+           "hidden_sizes", "weights", "val_error", "test_error", "best_val_error", "test_error_at_best", "best_epoch",
+           "epochs", "wall_time_s", "stopped_by")
 
 
 def _overrides(run_dir: Path) -> list[str]:

@@ -274,6 +274,9 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
             module.step_size_key],
         "hidden_sizes": module.net.hidden_sizes, "weights": module.net.num_weights(),
         "val_error": val_error, "test_error": errors["test"],
+        "best_val_error": module.best_validation.get("val_error"),  # at a validation (the protocol's best)
+        "test_error_at_best": module.best_validation.get("test_error"),
+        "best_epoch": module.best_validation.get("epoch"),
         "epochs": module.step_count * module.batch_size / module.dataset_size,
         "steps_per_epoch": module.steps_per_epoch,
         "steps_trained": trainer.global_step, "wall_time_s": round(wall, 1),
