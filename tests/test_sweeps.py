@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from npnn.config import CONF_DIR
-from npnn.sweeps import best_settings, gather, main as sweeps_main, representatives
+from npnn.sweeps import best_settings, gather, main as sweeps_main, representatives, sweep_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +27,7 @@ def sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
 def test_a_grid_runs_on_two_workers_and_a_relaunch_skips_finished_runs(tmp_path):
     first = sweep(tmp_path / "sweep")
     assert first.returncode == 0, first.stderr[-3000:]
+    assert f"sweep {tmp_path / 'sweep'}: 4 of 4 runs finished, 0 failed" in first.stdout  # SweepProgress
     rows = gather([tmp_path / "sweep"])
     assert len(rows) == 4 and {(r["lambda"], r["seed"]) for r in rows} == {(1e-3, 0), (1e-3, 1), (3e-3, 0), (3e-3, 1)}
     assert {r["setting"] for r in rows} == {"dataset=synthetic,lambda=0.001,trainer.max_epochs=2",
@@ -86,3 +87,8 @@ def test_every_sweep_config_composes(name):
     assert params and cfg.resume_existing is True
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         validate_config(compose("config", overrides=[f"hparams_search={name}"]))
+
+
+def test_the_size_of_a_sweep_is_counted_from_its_overrides():
+    assert sweep_size(["lambda=1e-3,3e-3", "seed=range(10)", "dataset=mnist"]) == 20
+    assert sweep_size(["optimizer=sgd,adam", "optimizer.lr=tag(log, interval(1, 100000))"]) is None

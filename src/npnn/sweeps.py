@@ -19,7 +19,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["gather", "write_table", "setting", "representatives", "best_settings", "COLUMNS"]
+__all__ = ["gather", "write_table", "setting", "representatives", "best_settings", "sweep_size", "progress",
+           "SweepProgress", "COLUMNS"]
 
 COLUMNS = ("run_dir", "setting", "dataset", "model", "norm", "optimizer", "step_size", "lambda", "seed",
            "hidden_sizes", "weights", "val_error", "test_error", "best_val_error", "test_error_at_best", "best_epoch",
@@ -94,6 +95,63 @@ def best_settings(rows: list[dict[str, Any]], top: int = 10) -> list[tuple[str, 
     ranked = [(key, statistics.median(float(r["val_error"]) for r in runs), len(runs))
               for key, runs in _groups(rows, "parametric").items()]
     return sorted(ranked, key=lambda t: (t[1], t[0]))[:top]
+
+
+def sweep_size(overrides: Iterable[str]) -> int | None:
+    """The number of runs a grid of Hydra overrides makes (``a=1,2 b=range(3)``: 6); None if it has no end."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+
+    size = 1
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.is_sweep_override():
+            if override.is_interval_sweep():
+                return None
+            size *= sum(1 for _ in override.sweep_iterator())
+    return size
+
+
+def progress(sweep_dir: str | Path) -> dict[str, int]:
+    """Runs of a sweep directory so far: ``finished``, ``failed`` (a summary with another ending) and
+    ``running`` (started, no summary yet)."""
+    counts = {"finished": 0, "failed": 0, "running": 0}
+    for run_dir in (p for p in Path(sweep_dir).iterdir() if p.is_dir() and (p / ".hydra").is_dir()):
+        summary = run_dir / "summary.json"
+        if not summary.is_file():
+            counts["running"] += 1
+        else:
+            ended = json.loads(summary.read_text()).get("stopped_by") in ("protocol", "budget")
+            counts["finished" if ended else "failed"] += 1
+    return counts
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - hydra is a dependency
+    _HydraCallback = object
+
+
+class SweepProgress(_HydraCallback):
+    """Hydra callback (``hydra.callbacks`` in ``conf/config.yaml``): after each job of a multirun, one line
+    with the sweep's runs finished, failed and running, of how many."""
+
+    def on_job_end(self, config, job_return=None, **kwargs: Any) -> None:
+        from hydra.types import RunMode  # noqa: PLC0415
+
+        from omegaconf import OmegaConf  # noqa: PLC0415
+
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:  # the sweep's own overrides, which Hydra wrote at its start
+            sweep = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
+            total = sweep_size([*sweep.overrides.task,
+                                *(f"{k}={v}" for k, v in (sweep.sweeper.get("params") or {}).items())])
+        except Exception:  # no multirun.yaml, or a syntax this count does not know: no total
+            total = None
+        counts = progress(sweep_dir)
+        of = f" of {total}" if total else ""
+        print(f"sweep {sweep_dir}: {counts['finished']}{of} runs finished, {counts['failed']} failed, "
+              f"{counts['running']} running or stopped early", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
