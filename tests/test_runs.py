@@ -168,6 +168,33 @@ def test_a_signal_at_any_step_resumes_to_the_uninterrupted_run(tmp_path, at_step
         assert (tmp_path / "full" / name).read_text() == (tmp_path / "stopped" / name).read_text(), name
 
 
+def test_submitits_requeue_signal_gets_a_checkpoint_first(tmp_path):
+    """Under submitit, SIGUSR2 (a SLURM job timed out or preempted) is submitit's: it requeues the job.
+    StopOnSignal writes the checkpoint at the step first, then calls submitit's handler."""
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))  # as submitit's
+    try:
+        class Kill(pl.Callback):
+            def on_train_batch_end(self, trainer, module, *args):
+                if module.step_count == 7:
+                    os.kill(os.getpid(), signal.SIGUSR2)
+
+        trainer, module, dm = build(tiny("trainer.max_epochs=3", "steps_per_call=1", "protocol=none"), tmp_path)
+        trainer.callbacks.insert(0, Kill())
+        stop = next(cb for cb in trainer.callbacks if isinstance(cb, StopOnSignal))
+        stop.install()
+        try:
+            with pytest.raises(RunInterrupted, match="SIGUSR2 received"):
+                trainer.fit(module, datamodule=dm)
+        finally:
+            stop.restore()
+        assert calls == [signal.SIGUSR2]  # handed over once the checkpoint was written
+        assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["npnn"]["step_count"] == 7
+        assert signal.getsignal(signal.SIGUSR2) is not stop._handle  # restored
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
 def test_sigint_stops_the_same_way(tmp_path):
     run = train_cli(tmp_path / "run", "protocol=none", "trainer.max_epochs=200", cwd=tmp_path)
     wait_for(tmp_path / "run" / "units.csv", run)

@@ -7,7 +7,8 @@ directories that are never overwritten by accident, and resumes that refuse chan
   ``summary.json`` and ``units.csv``.
 - :class:`StopOnSignal`: on SIGTERM or SIGINT the run finishes its current training step, writes
   ``checkpoints/last.ckpt`` and stops with :class:`RunInterrupted` (``stopped_by: signal``); a
-  second signal stops it at once.
+  second signal stops it at once. Under submitit (``hydra/launcher=slurm``) its SIGUSR2 (timeout or
+  preemption) does the same, then hands over to submitit, which requeues the job.
 - :func:`prepare_run_dir` / :class:`RunDirGuard`: a fresh run refuses a directory that holds a
   run, unless it resumes that run or ``overwrite=true``.
 - :func:`check_resume` / :class:`ResumeChanges`: a resume compares its config with the one
@@ -335,6 +336,9 @@ class StopOnSignal(pl.Callback):
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    # a scheduler's own handler of these (submitit: SIGUSR2, a SLURM job timed out or preempted, which it
+    # requeues) is called once the checkpoint is written, so that the requeued job resumes from this step
+    CHAINED = (signal.SIGUSR2,) if hasattr(signal, "SIGUSR2") else ()
 
     def __init__(self, checkpoint_path: str | Path) -> None:
         self.checkpoint_path = Path(checkpoint_path)
@@ -350,8 +354,11 @@ class StopOnSignal(pl.Callback):
 
     def install(self) -> None:
         try:
-            for signum in self.SIGNALS:
-                self._previous.setdefault(signum, signal.getsignal(signum))
+            for signum in self.SIGNALS + self.CHAINED:
+                previous = signal.getsignal(signum)
+                if signum in self.CHAINED and not callable(previous):
+                    continue  # no scheduler handles it: leave it alone
+                self._previous.setdefault(signum, previous)
                 signal.signal(signum, self._handle)
         except ValueError:  # not the main thread: signals cannot be caught here
             log.debug("StopOnSignal: not in the main thread; signals keep their handlers")
@@ -380,6 +387,11 @@ class StopOnSignal(pl.Callback):
     def _stop(self, trainer, module) -> None:
         trainer.save_checkpoint(self.checkpoint_path)
         name = signal.Signals(self.received).name
+        chained = self._previous.get(self.received) if self.received in self.CHAINED else None
+        if callable(chained):
+            log.warning("%s: checkpoint written at step %d; handing the signal to the scheduler's handler",
+                        name, module.step_count)
+            chained(self.received, None)  # submitit requeues the job and exits
         raise RunInterrupted(f"{name} received: stopped after step {module.step_count} and wrote "
                              f"{self.checkpoint_path}; resume with ckpt_path={self.checkpoint_path}", self.received)
 
