@@ -216,7 +216,7 @@ def test_main_writes_metrics_units_checkpoint_and_summary(tmp_path):
     best = min(rows, key=lambda r: float(r["val/error"]))  # the first of the lowest
     assert saved["best_val_error"] == pytest.approx(float(best["val/error"]))
     assert saved["test_error_at_best"] == pytest.approx(float(best["test/error"]))
-    assert saved["val_error"] == pytest.approx(saved["best_val_error"], abs=1e-6)  # the protocol's final net is the best
+    assert saved["val_error"] == pytest.approx(saved["best_val_error"], abs=1e-6)  # here the final net is the best
     # python -m npnn.units: per layer, units added = alive + eliminated, and the alive ones are the net's
     stats = layer_stats(tmp_path)
     assert [s["alive"] for s in stats] == saved["hidden_sizes"]

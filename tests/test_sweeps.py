@@ -63,9 +63,33 @@ def test_the_representative_is_the_run_nearest_the_median_size_and_error():
 
 def test_the_best_parametric_settings_go_by_median_validation_error():
     rows = [_row(f"{s}{i}", "parametric", i, 100, 0.0, vce, setting=s)
-            for s, vces in (("lr=1", [0.1, 0.5, 0.2]), ("lr=2", [0.05, 0.3, 0.3]), ("lr=3", [0.25]))
+            for s, vces in (("lr=1", [0.1, 0.5, 0.2]), ("lr=2", [0.05, 0.3, 0.3]), ("lr=3", [0.25]),
+                            ("lr=4", [0.01, 0.01, 0.01]))
             for i, vce in enumerate(vces)]
-    assert [(s, v, n) for s, v, n in best_settings(rows)] == [("lr=1", 0.2, 3), ("lr=3", 0.25, 1), ("lr=2", 0.3, 3)]
+    for row in rows[-2:]:
+        row["stopped_by"] = "diverged"  # two of lr=4's three runs failed: they count as VCE 1
+    assert [(s, v, n) for s, v, n in best_settings(rows)] == [("lr=1", 0.2, 3), ("lr=3", 0.25, 1), ("lr=2", 0.3, 3),
+                                                              ("lr=4", 1.0, 3)]
+
+
+def test_a_relaunch_reports_a_failed_run_again_and_resumes_one_stopped_by_its_time_limit(tmp_path):
+    import json
+
+    from npnn.module import TrainingError
+    from npnn.train import main
+
+    cfg = ["dataset=synthetic", "lambda=1e-3", "logger=none", "trainer.enable_progress_bar=false", "protocol=none"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        first = compose("config", overrides=[*cfg, "trainer.max_epochs=1"])
+        again = compose("config", overrides=[*cfg, "trainer.max_epochs=2", "resume_existing=true"])
+    main(first, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "stopped_by": "time"}))
+    resumed = main(again, tmp_path)  # trainer.max_time ended it: the relaunch goes on from its checkpoint
+    assert resumed["epochs"] == 2.0 and resumed["resumed_from"].endswith("checkpoints/last.ckpt")
+    (tmp_path / "summary.json").write_text(json.dumps({**resumed, "stopped_by": "diverged", "error": "E: x"}))
+    with pytest.raises(TrainingError, match=r"stopped earlier \(diverged\): E: x; overwrite=true runs it again"):
+        main(again, tmp_path)
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "slurm"])

@@ -285,7 +285,7 @@ class NonparametricModule(pl.LightningModule):
         if self.uses_adarad and self.optimizer.phi_max is not None:
             metrics["phi_max"] = self.optimizer.phi_max.item()
         self.last_val_error = metrics["val/error"]
-        if "test/error" in metrics and not metrics["val/error"] >= self.best_validation.get("val_error", math.inf):
+        if "test/error" in metrics and metrics["val/error"] < self.best_validation.get("val_error", math.inf):
             self.best_validation = {"val_error": metrics["val/error"], "test_error": metrics["test/error"],
                                     "epoch": metrics["epoch_float"]}
         self.last_metrics = metrics

@@ -37,7 +37,7 @@ from npnn.module import TrainingError
 
 __all__ = ["AtomicCheckpointIO", "CheckpointError", "RunDirError", "RunInterrupted", "StopOnSignal",
            "ResumeChanges", "RunDirGuard", "write_atomic", "read_checkpoint", "prepare_run_dir", "delete_run", "holds_run",
-           "existing_run",
+           "existing_run", "FINISHED", "UNFINISHED",
            "config_changes", "check_resume", "FREE_KEYS", "FIXED_KEYS"]
 
 log = logging.getLogger(__name__)
@@ -170,14 +170,19 @@ def prepare_run_dir(run_dir: str | Path, ckpt_path: str | None = None, overwrite
     return [run_dir / name for name in found]
 
 
+FINISHED = ("protocol", "budget")  # how a run that ran to its end stopped (summary.json's stopped_by)
+UNFINISHED = ("signal", "time")  # stopped from outside: a relaunch resumes it
+
+
 def existing_run(run_dir: str | Path) -> dict | Path | None:
-    """What a relaunch (``resume_existing=true``) finds in ``run_dir``: the summary of a finished run
-    (stopped by anything but a signal), else the checkpoint to resume, else None (start afresh)."""
+    """What a relaunch (``resume_existing=true``) finds in ``run_dir``: the summary of a run that ended by
+    itself (``FINISHED``, or a failure such as ``diverged``), else the checkpoint to resume (a run stopped by
+    a signal or ``trainer.max_time``, or killed), else None (start afresh)."""
     run_dir = Path(run_dir)
     summary = run_dir / "summary.json"
     if summary.is_file():
         found = json.loads(summary.read_text())
-        if found.get("stopped_by") != "signal":
+        if found.get("stopped_by") not in UNFINISHED:
             return found
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     return ckpt if ckpt.is_file() else None

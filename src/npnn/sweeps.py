@@ -19,6 +19,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
+from npnn.runs import FINISHED
+
 __all__ = ["gather", "write_table", "setting", "representatives", "best_settings", "sweep_size", "progress",
            "SweepProgress", "COLUMNS"]
 
@@ -39,7 +41,7 @@ def _overrides(run_dir: Path) -> list[str]:
 def setting(overrides: Iterable[str]) -> str:
     """A run's setting: its overrides but the seed (and paths and display, which do not change a run)."""
     ignored = ("seed=", "data_dir=", "hydra.", "trainer.enable_progress_bar=", "logger=", "ckpt_path=",
-               "resume_existing=", "overwrite=")
+               "resume_existing=", "overwrite=", "trainer.max_time=", "checkpoint_every_steps=")  # + exclude_keys
     return ",".join(sorted(o for o in overrides if not o.lstrip("+~").startswith(ignored)))
 
 
@@ -64,10 +66,10 @@ def write_table(rows: list[dict[str, Any]], path: str | Path) -> None:
         writer.writerows(rows)
 
 
-def _groups(rows: list[dict[str, Any]], model: str) -> dict[str, list[dict[str, Any]]]:
+def _groups(rows: list[dict[str, Any]], model: str, finished_only: bool = True) -> dict[str, list[dict[str, Any]]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        if row["model"] == model and row["stopped_by"] in ("protocol", "budget"):
+        if row["model"] == model and (row["stopped_by"] in FINISHED or not finished_only):
             groups.setdefault(row["setting"], []).append(row)
     return groups
 
@@ -91,9 +93,10 @@ def representatives(rows: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any
 
 
 def best_settings(rows: list[dict[str, Any]], top: int = 10) -> list[tuple[str, float, int]]:
-    """The parametric settings with the lowest median VCE over their seeds: ``(setting, median VCE, runs)``."""
-    ranked = [(key, statistics.median(float(r["val_error"]) for r in runs), len(runs))
-              for key, runs in _groups(rows, "parametric").items()]
+    """The parametric settings with the lowest median VCE over their seeds: ``(setting, median VCE, runs)``;
+    a run that failed (diverged, ...) counts as VCE 1."""
+    ranked = [(key, statistics.median(float(r["val_error"]) if r["stopped_by"] in FINISHED else 1.0 for r in runs),
+               len(runs)) for key, runs in _groups(rows, "parametric", finished_only=False).items()]
     return sorted(ranked, key=lambda t: (t[1], t[0]))[:top]
 
 
@@ -101,8 +104,9 @@ def sweep_size(overrides: Iterable[str]) -> int | None:
     """The number of runs a grid of Hydra overrides makes (``a=1,2 b=range(3)``: 6); None if it has no end."""
     from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
 
+    last = {o.split("=", 1)[0].lstrip("+~"): o for o in overrides}  # a key given twice: the last one counts
     size = 1
-    for override in OverridesParser.create().parse_overrides(list(overrides)):
+    for override in OverridesParser.create().parse_overrides(list(last.values())):
         if override.is_sweep_override():
             if override.is_interval_sweep():
                 return None
@@ -119,7 +123,7 @@ def progress(sweep_dir: str | Path) -> dict[str, int]:
         if not summary.is_file():
             counts["running"] += 1
         else:
-            ended = json.loads(summary.read_text()).get("stopped_by") in ("protocol", "budget")
+            ended = json.loads(summary.read_text()).get("stopped_by") in FINISHED
             counts["finished" if ended else "failed"] += 1
     return counts
 
@@ -136,19 +140,22 @@ class SweepProgress(_HydraCallback):
 
     def on_job_end(self, config, job_return=None, **kwargs: Any) -> None:
         from hydra.types import RunMode  # noqa: PLC0415
-
         from omegaconf import OmegaConf  # noqa: PLC0415
 
         if config.hydra.mode != RunMode.MULTIRUN:
             return
         sweep_dir = Path(config.hydra.sweep.dir)
-        try:  # the sweep's own overrides, which Hydra wrote at its start
+        try:  # the sweep's own overrides, which Hydra wrote at its start (the command line's last)
             sweep = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
-            total = sweep_size([*sweep.overrides.task,
-                                *(f"{k}={v}" for k, v in (sweep.sweeper.get("params") or {}).items())])
+            total = sweep_size([*(f"{k}={v}" for k, v in (sweep.sweeper.get("params") or {}).items()),
+                                *sweep.overrides.task])
         except Exception:  # no multirun.yaml, or a syntax this count does not know: no total
             total = None
-        counts = progress(sweep_dir)
+        try:
+            counts = progress(sweep_dir)
+        except Exception as err:  # a progress line must never fail a job
+            print(f"sweep {sweep_dir}: no progress count ({type(err).__name__}: {err})", flush=True)
+            return
         of = f" of {total}" if total else ""
         print(f"sweep {sweep_dir}: {counts['finished']}{of} runs finished, {counts['failed']} failed, "
               f"{counts['running']} running or stopped early", flush=True)
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(1, f"{parser.prog}: no summary.json under {', '.join(args.dirs)}\n")
     if args.out:
         write_table(rows, args.out)
-    done = sum(r["stopped_by"] in ("protocol", "budget") for r in rows)
+    done = sum(r["stopped_by"] in FINISHED for r in rows)
     print(f"{len(rows)} runs ({done} finished, {len(rows) - done} stopped otherwise)"
           + (f"; table: {args.out}" if args.out else ""))
     for key, (run, dist) in representatives(rows).items():

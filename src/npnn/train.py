@@ -20,14 +20,14 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, Timer
 
 from npnn.callbacks import RewindProtocol, UnitLogger
 from npnn.data import InMemoryDataModule, Splits
 from npnn.module import Growth, NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS
-from npnn.runs import (AtomicCheckpointIO, ResumeChanges, StopOnSignal, check_resume, delete_run, existing_run,
-                       prepare_run_dir, read_checkpoint, write_atomic)
+from npnn.runs import (FINISHED, AtomicCheckpointIO, ResumeChanges, StopOnSignal, check_resume, delete_run,
+                       existing_run, prepare_run_dir, read_checkpoint, write_atomic)
 
 __all__ = ["main", "build", "validate_config", "steps_per_call", "ConfigError", "final_errors"]
 
@@ -227,11 +227,16 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
     validate_config(cfg)
     overwrite = cfg.get("overwrite", False)
-    if cfg.get("resume_existing") and cfg.get("ckpt_path") is None:  # a relaunched sweep
+    if cfg.get("resume_existing") and cfg.get("ckpt_path") is None and not overwrite:  # a relaunched sweep
         found = existing_run(run_dir)
-        if isinstance(found, dict):
+        if isinstance(found, dict) and found.get("stopped_by") in FINISHED:
             log.info("%s holds this run, finished (stopped_by %s): skipped", run_dir, found.get("stopped_by"))
             return found
+        if isinstance(found, dict):  # it failed by itself, and would again: the sweep still says so
+            failure = TrainingError(f"{run_dir} holds this run, which stopped earlier ({found.get('stopped_by')}): "
+                                    f"{found.get('error', '')}; overwrite=true runs it again")
+            failure.stopped_by = found.get("stopped_by")
+            raise failure
         if found is not None:
             log.info("%s holds this run, unfinished: resuming from %s", run_dir, found)
             cfg = copy.deepcopy(cfg)
@@ -266,15 +271,17 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
             failure = err
             log.error("run %s: %s", run_dir, err)
     protocol = next((cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol)), None)
+    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)  # trainer.max_time
     stopped_by = failure.stopped_by if failure is not None else \
-        "protocol" if protocol is not None and protocol.done else "budget"
+        "protocol" if protocol is not None and protocol.done else \
+        "time" if timer is not None and timer.time_remaining() <= 0 else "budget"
     summary = {
         "dataset": s.name, "lambda": cfg["lambda"], "seed": cfg.seed, "model": cfg.model.kind, "norm": cfg.model.norm,
         "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1], "step_size": module.configured_hparams[0][
             module.step_size_key],
         "hidden_sizes": module.net.hidden_sizes, "weights": module.net.num_weights(),
         "val_error": val_error, "test_error": errors["test"],
-        "best_val_error": module.best_validation.get("val_error"),  # at a validation (the protocol's best)
+        "best_val_error": module.best_validation.get("val_error"),  # the lowest VCE seen at a validation
         "test_error_at_best": module.best_validation.get("test_error"),
         "best_epoch": module.best_validation.get("epoch"),
         "epochs": module.step_count * module.batch_size / module.dataset_size,
