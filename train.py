@@ -4,6 +4,8 @@ Hydra: python train.py --help lists the config groups; -m runs sweeps. The work 
 Exit codes: 0 done, 1 an error (a bad value, file or directory; a run that diverged or learned
 nothing), 128 + N stopped by signal N (SIGTERM: 143, SIGINT: 130) after writing a checkpoint.
 """
+import logging
+
 import hydra
 from omegaconf import DictConfig
 
@@ -24,6 +26,9 @@ def main(cfg: DictConfig) -> float:
         raise SystemExit(128 + err.signum) from None
     except (ConfigError, CheckpointError, RunDirError, DataUnavailableError, TrainingError) as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
+            if cfg.get("sweep_failure_value") is not None and isinstance(err, TrainingError):
+                logging.getLogger("npnn.train").error("%s; the sweeper gets %s", err, cfg.sweep_failure_value)
+                return float(cfg.sweep_failure_value)  # summary.json says how it failed; the sweep goes on
             raise  # Hydra records the failed job and goes on with the others
         raise SystemExit(f"npnn: error: {err}") from None  # the message is the whole story: no traceback
 

@@ -80,14 +80,21 @@ def test_every_experiment_config_composes_and_instantiates(name, tmp_path):
     assert trainer.max_steps == cfg.trainer.max_steps
 
 
-@pytest.mark.parametrize("name", ["adarad", "adarad_m", "sgd", "momentum", "nesterov", "rmsprop", "adam"])
+OPTIMIZERS = sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_every_optimizer_trains_the_app(name, tmp_path):
-    model = [] if name.startswith("adarad") else ["model=parametric", "model.hidden_sizes=[8,8]", "optimizer.lr=0.01"]
+    step = "optimizer.lr=0.01" if name.startswith("torch_") else "optimizer.alpha=1"
+    model = [] if name.startswith("adarad") else ["model=parametric", "model.hidden_sizes=[8,8]", step]
     cfg = tiny(f"optimizer={name}", *model, "trainer.max_steps=6", "protocol=none")
     trainer, module, dm = build(cfg, tmp_path)
     trainer.fit(module, datamodule=dm)
     assert module.step_count == 6
     assert all(torch.isfinite(p).all() for p in module.parameters())
+    key = "alpha_phi" if name.startswith("adarad") else "lr" if name.startswith("torch_") else "alpha"
+    assert module.step_size_key == key  # what the protocol divides
+    assert module.step_size == {"alpha_phi": cfg.optimizer.get("alpha_phi"), "alpha": 1.0, "lr": 0.01}[key]
 
 
 def test_default_config_is_the_paper_poker_setting():

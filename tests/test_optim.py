@@ -348,3 +348,90 @@ def test_small_lambda_trains_below_a_constant_predictor():
     # |D^t| / |D| = 1e4 on the mean loss diverges, far above a constant predictor's ln 2
     literal = train_ce_at_small_lambda(output_norm=False)
     assert sum(literal[-100:]) / 100 > 10 * math.log(2)
+
+
+# ------------------------------------- the parametric nets' optimizers (alpha)
+def _steps(opt, params, n=5, scale=1e-3):
+    for i in range(n):
+        set_random_grads(params, seed=i, scale=scale)
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize("algorithm,torch_kwargs,lr_factor", [
+    ("sgd", {}, 1.0),
+    # m = 0.9 m + 0.1 g from m = 0 (Table 3's beta_arith): torch's undamped buffer is m / beta_arith
+    ("momentum", {"momentum": 0.9}, 0.1),
+    ("nesterov", {"momentum": 0.9, "nesterov": True}, 0.1),
+])
+def test_sgd_family_is_torch_sgd_with_the_papers_step_size(algorithm, torch_kwargs, lr_factor):
+    from npnn.optim import ParametricOptimizer
+
+    ours, theirs = random_weights(seed=1), random_weights(seed=1)
+    got = _steps(ParametricOptimizer(ours, alpha=30.0, algorithm=algorithm), ours)
+    want = _steps(torch.optim.SGD(theirs, lr=30.0 * lr_factor, **torch_kwargs), theirs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("algorithm", ["rmsprop", "adam"])
+@pytest.mark.parametrize("scale", ["max", "mean"])
+def test_normalised_steps_follow_the_update_rule_with_a_global_scale(algorithm, scale):
+    from npnn.optim import ParametricOptimizer
+
+    params = random_weights(seed=2)
+    start = [p.detach().clone() for p in params]
+    opt = ParametricOptimizer(params, alpha=3.0, algorithm=algorithm, eps=1e-8, scale=scale)
+    w = [p.clone() for p in start]
+    v = [torch.zeros_like(p) for p in start]
+    m = [torch.zeros_like(p) for p in start]
+    c = a = v_ref = c_max = 0.0
+    for i in range(4):
+        set_random_grads(params, seed=i, scale=10.0 ** -i)  # falling gradients: v_ref keeps its maximum
+        opt.step()
+        grads = [p.grad for p in params]
+        c, a = 0.995 * c + 0.005, 0.9 * a + 0.1
+        v = [0.995 * vi + 0.005 * g * g for vi, g in zip(v, grads)]
+        m = [0.9 * mi + 0.1 * g for mi, g in zip(m, grads)]
+        now = max(float(vi.max()) for vi in v) if scale == "max" else \
+            sum(float(vi.sum()) for vi in v) / sum(vi.numel() for vi in v)
+        v_ref, c_max = max(v_ref, now), max(c_max, c)
+        for j, g in enumerate(grads):
+            direction = g if algorithm == "rmsprop" else m[j] / a
+            w[j] = w[j] - 3.0 * math.sqrt(v_ref / c_max) * direction / torch.sqrt(v[j] / c + 1e-8)
+        for p, want in zip(params, w):
+            torch.testing.assert_close(p.detach(), want, rtol=1e-10, atol=1e-13)
+    assert float(opt.v_ref) == pytest.approx(v_ref, rel=1e-12)  # the maximum of step 0, never lowered
+
+
+@pytest.mark.parametrize("algorithm", ["rmsprop", "adam"])
+def test_normalised_steps_keep_the_gradient_scale(algorithm):
+    """As AdaRad's phi_adj: gradients k times larger give steps k times larger (eps aside)."""
+    from npnn.optim import ParametricOptimizer
+
+    moves = []
+    for k in (1.0, 100.0):
+        params = random_weights(seed=3)
+        start = [p.detach().clone() for p in params]
+        end = _steps(ParametricOptimizer(params, alpha=1.0, algorithm=algorithm, eps=1e-30), params, scale=1e-4 * k)
+        moves.append(torch.cat([(e - s).flatten() for e, s in zip(end, start)]))
+    torch.testing.assert_close(moves[1], 100.0 * moves[0], rtol=1e-9, atol=1e-15)
+
+
+def test_parametric_optimizer_state_dict_roundtrip_and_bad_values():
+    from npnn.optim import ParametricOptimizer
+
+    params = random_weights(seed=4)
+    opt = ParametricOptimizer(params, alpha=10.0, algorithm="adam")
+    _steps(opt, params, n=3)
+    copy_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    other = ParametricOptimizer(copy_params, alpha=10.0, algorithm="adam")
+    other.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert float(other.v_ref) == float(opt.v_ref) and float(other.c_max) == float(opt.c_max)
+    for a, b in zip(_steps(opt, params, n=2), _steps(other, copy_params, n=2)):
+        assert torch.equal(a, b)
+    for kwargs, msg in (({"algorithm": "adagrad"}, "algorithm must be one of"), ({"alpha": -1.0}, "alpha"),
+                        ({"scale": "median"}, "scale must be one of"), ({"beta_quad": 0.0}, "beta_quad"),
+                        ({"eps": 0.0}, "eps")):
+        with pytest.raises(ValueError, match=msg):
+            ParametricOptimizer(random_weights(), **{"alpha": 1.0, **kwargs})

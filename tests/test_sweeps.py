@@ -101,16 +101,89 @@ def test_the_launcher_configs_compose(launcher):
         assert cfg.hydra.launcher.max_num_timeout == 20 and cfg.hydra.launcher.timeout_min == 240
 
 
+SWEEP_NEEDS = {  # what each sweep config leaves to the user (its comment says so)
+    "p_grid": ["model.hidden_sizes=[8,8]"], "p_random": ["random_search.base=[8,8]"], "p_seeds": ["+pick=top01"],
+    "p_rmsprop_poker": ["model.hidden_sizes=[23,24,15,4]"]}  # one job of it: the sweep gives the sizes
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml")))
-def test_every_sweep_config_composes(name):
+def test_every_sweep_config_composes(name, tmp_path):
     from npnn.train import validate_config
 
+    (tmp_path / "pick").mkdir()  # a setting as npnn.sweeps --write-picks writes it, for p_seeds
+    (tmp_path / "pick" / "top01.yaml").write_text("# @package _global_\ndefaults:\n- override /optimizer: adam\n"
+                                                  "model:\n  hidden_sizes: [8, 8]\n")
+    overrides = [f"hparams_search={name}", f"hydra.searchpath=[file://{tmp_path}]", *SWEEP_NEEDS.get(name, [])]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"hparams_search={name}"], return_hydra_config=True)
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
     params = dict(cfg.hydra.sweeper.params)
     assert params and cfg.resume_existing is True
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        validate_config(compose("config", overrides=[f"hparams_search={name}"]))
+        validate_config(compose("config", overrides=overrides))
+    if name.startswith("p_"):  # the parametric searches: lambda = 0 and the paper's step size alpha
+        assert cfg.model.kind == "parametric" and cfg["lambda"] == 0.0
+        assert "optimizer.alpha" in params or name == "p_seeds"  # p_seeds: each pick has its own
+        assert cfg.optimizer._target_ == "npnn.optim.ParametricOptimizer"
+
+
+def test_the_parametric_grid_is_the_papers(tmp_path):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hparams_search=p_grid"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert sweep_size([f"{k}={v}" for k, v in params.items()]) == 11 * 5 * 2  # 7.4.1 step 3
+    assert params["optimizer.alpha"].split(",")[0] == "1" and params["optimizer.alpha"].split(",")[-1] == "100000"
+
+
+def _fake_run(run_dir: Path, overrides: list[str], **summary) -> None:
+    import json
+
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (run_dir / "summary.json").write_text(json.dumps({"model": "parametric", "stopped_by": "protocol", **summary}))
+
+
+def test_written_picks_compose_to_the_settings_they_came_from(tmp_path):
+    from npnn.sweeps import write_picks
+
+    common = ["hparams_search=p_random", "dataset=mnist", "random_search.base=[20,4]", "seed=0", "data_dir=x"]
+    _fake_run(tmp_path / "sweep" / "a", [*common, "optimizer=adam", "optimizer.alpha=312.5", "model.norm=batchnorm",
+                                         "random_search.width1=2.0", "random_search.width2=1.5"],
+              hidden_sizes=[40, 6], val_error=0.02)
+    _fake_run(tmp_path / "sweep" / "b", [*common, "optimizer=sgd", "optimizer.alpha=10", "model.norm=batchnorm_affine",
+                                         "random_search.width1=1.0", "random_search.width2=5.0"],
+              hidden_sizes=[20, 20], val_error=0.01)
+    written = write_picks(gather([tmp_path / "sweep"]), tmp_path / "picks")
+    assert [p.name for p in written] == ["top01.yaml", "top02.yaml"]  # b (VCE 1%) first
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        picked = [compose("config", overrides=["hparams_search=p_seeds", f"hydra.searchpath=[file://{tmp_path / 'picks'}]",
+                                               f"+pick={p.stem}"]) for p in written]
+    assert [(c.dataset.loader._target_.rsplit(".", 1)[-1], c.optimizer.algorithm, c.optimizer.alpha, c.model.norm,
+             list(c.model.hidden_sizes), c.seed) for c in picked] == [
+        ("load_mnist", "sgd", 10, "batchnorm_affine", [20, 20], 0), ("load_mnist", "adam", 312.5, "batchnorm", [40, 6], 0)]
+    assert all(c.model.kind == "parametric" and c["lambda"] == 0.0 for c in picked)
+
+
+def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path):
+    """7.4.1 step 5 through hydra-optuna-sweeper's RandomSampler and the joblib launcher, 4 trials."""
+    args = [sys.executable, str(ROOT / "train.py"), "-m", "hparams_search=p_random", "dataset=synthetic",
+            "random_search.base=[3,2]", "hydra.sweeper.n_trials=4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+            "trainer.max_epochs=2", "logger=none", "trainer.enable_progress_bar=false",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]  # failed trials (too large an alpha) do not end it
+    rows = gather([tmp_path / "sweep"])
+    assert len(rows) == 4 and f"sweep {tmp_path / 'sweep'}: " in first.stdout and " of 4 runs finished" in first.stdout
+    for row in rows:
+        sizes = [int(h) for h in row["hidden_sizes"].split("-")]
+        assert 3 <= sizes[0] <= 15 and 2 <= sizes[1] <= 10 and row["model"] == "parametric"
+        assert 1 <= row["step_size"] <= 100_000 and row["optimizer"] in ("sgd", "momentum", "nesterov", "rmsprop", "adam")
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    finished = sum(r["stopped_by"] in ("protocol", "budget") for r in rows)
+    assert log.count("): skipped") == finished and log.count("which stopped earlier") == 4 - finished
+    assert len(gather([tmp_path / "sweep"])) == 4  # the same 4 settings: no new run directory
 
 
 def test_the_size_of_a_sweep_is_counted_from_its_overrides():

@@ -245,8 +245,7 @@ def bench_kernels(rounds: int) -> dict[str, float]:
         raise SystemExit("the fused kernels are not available here (python -m npnn.fused says why)")
     g = torch.Generator().manual_seed(0)
     cases = {}
-    for name, batch, eval_batch, widths in (("poker", 1000, 25_000, [10, 43, 44, 35, 24]),
-                                            ("mnist", 1000, 10_000, [784, 190, 20])):
+    for name, batch, widths in (("poker", 1000, [10, 43, 44, 35, 24]), ("mnist", 1000, [784, 190, 20])):
         norm = CapNorm(widths[1])
         z = torch.randn(batch, widths[1], generator=g).requires_grad_()
         length = torch.rand(widths[1], generator=g) + 0.5
@@ -255,27 +254,19 @@ def bench_kernels(rounds: int) -> dict[str, float]:
         def train_step(norm=norm, z=z, length=length, dy=dy):
             norm(z, length, relu=True).backward(dy)
 
-        z_eval = torch.randn(eval_batch, widths[1], generator=g)
-        eval_norm = CapNorm(widths[1]).eval()
-
-        def evaluate(norm=eval_norm, z=z_eval, length=length):
-            with torch.no_grad():
-                norm(z, length, relu=True)
-
         net = NonparametricMLP(widths[0], widths[1:-1], widths[-1])
 
         def dead_check(net=net):
             net.remove_dead_units()
 
         cases[f"{name}: CapNorm forward + backward, {batch} x {widths[1]}"] = train_step
-        cases[f"{name}: CapNorm evaluation, {eval_batch} x {widths[1]}"] = evaluate
         cases[f"{name}: dead-unit check, {'-'.join(map(str, widths))}"] = dead_check
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {rounds} rounds; eager: "
           f"npnn.fused.use(False). (The AdaRad kernel: python -m npnn.bench optimizer)")
     print(f"{'kernel, shape':<52}{'fused us':>10}{'eager us':>10}{'eager / fused':>15}")
     ratios = {}
     for label, fn in cases.items():
-        calls = 20 if "evaluation" in label else 200
+        calls = 200
         fused = _median_time(fn, rounds, calls)
         with npnn_fused.use(False):
             eager = _median_time(fn, rounds, calls)

@@ -2,7 +2,8 @@
 
 ``${npnn.alpha_r:alpha_r_lambda,lambda}`` is AdaRad's radial step size ``alpha_r_lambda / lambda``
 (Table 3: ``1 / (50 lambda)``; poker ``1 / (5 lambda)``): ``conf/optimizer/adarad.yaml`` derives it
-there, and only there. Importing :mod:`npnn` registers it.
+there, and only there. ``${npnn.widths:base,w1,w2,...}`` is the random search's hidden sizes
+(``conf/hparams_search/p_random.yaml``). Importing :mod:`npnn` registers both.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONF_DIR", "alpha_r", "compose"]
+__all__ = ["CONF_DIR", "alpha_r", "widths", "compose"]
 
 CONF_DIR = Path(str(files("npnn.conf")))  # the repository's conf/ (editable install) or the installed copy
 
@@ -24,7 +25,16 @@ def alpha_r(alpha_r_lambda: float, lam: float) -> float:
     return alpha_r_lambda / lam
 
 
+def widths(base, *factors: float) -> list[int]:
+    """``round(factor_l * base_l)`` per hidden layer: the random search's sizes (``hparams_search=p_random``)."""
+    if len(factors) != len(base):
+        raise ValueError(f"random_search.base has {len(base)} hidden sizes ({list(base)}) but the search draws "
+                         f"{len(factors)} widths: give one size per hidden layer of the search")
+    return [max(1, round(float(f) * int(b))) for b, f in zip(base, factors)]
+
+
 OmegaConf.register_new_resolver("npnn.alpha_r", alpha_r, replace=True)
+OmegaConf.register_new_resolver("npnn.widths", widths, replace=True)
 
 
 def compose(*overrides: str) -> DictConfig:

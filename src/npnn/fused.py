@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["DTYPES", "active", "disabled_by_env", "load", "use", "adarad_step_", "capnorm_forward_",
-           "capnorm_backward", "capnorm_eval", "count_zero_rows"]
+           "capnorm_backward", "count_zero_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +130,6 @@ def capnorm_forward_(z: torch.Tensor, running_mean: torch.Tensor | None, running
 def capnorm_backward(dy: torch.Tensor, xhat: torch.Tensor, var: torch.Tensor, relu: bool) -> torch.Tensor:
     """The gradient of a CapNorm whose forward ran in :func:`capnorm_forward_`."""
     return torch.ops.npnn.capnorm_backward(dy, xhat, var, relu)
-
-
-def capnorm_eval(z: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, relu: bool) -> torch.Tensor | None:
-    """``(z - mean) / max(sqrt(var), 1)`` (and the ReLU) with stored statistics, or None where the kernel does
-    not apply (it has no backward)."""
-    if not active(z) or (z.requires_grad and torch.is_grad_enabled()):
-        return None
-    return torch.ops.npnn.capnorm_eval(z, mean, var, relu)
 
 
 def count_zero_rows(weights: list[torch.Tensor]) -> list[int] | None:

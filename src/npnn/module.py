@@ -103,8 +103,8 @@ class NonparametricModule(pl.LightningModule):
 
     1. forward; loss = the batch's summed cross-entropy / ``|D|`` (line 8);
     2. backward and the optimizer step: AdaRad's radial step, rotation and group shrinkage
-       (lines 11-17); a torch optimizer is followed by the same shrinkage as a proximal step,
-       ``lr * lambda * |D^t| / |D|`` per fan-in;
+       (lines 11-17); another optimizer is followed by the same shrinkage as a proximal step,
+       ``step size * lambda * |D^t| / |D|`` per fan-in;
     3. ``growth.after_step``: remove units whose fan-in is zero, add units on schedule (lines 18-24).
 
     Growth belongs to the step, so the module owns it (a nonparametric net; ``None`` for a
@@ -199,8 +199,9 @@ class NonparametricModule(pl.LightningModule):
 
     @property
     def step_size_key(self) -> str:
-        """The step size the protocol divides: AdaRad's angular ``alpha_phi``, else ``lr``."""
-        return "alpha_phi" if self.uses_adarad else "lr"
+        """The step size the protocol divides: the optimizer's ``step_size_key`` (AdaRad's angular
+        ``alpha_phi``, the paper's ``alpha`` of :class:`npnn.optim.ParametricOptimizer`), else torch's ``lr``."""
+        return getattr(self.optimizer, "step_size_key", "lr")
 
     @property
     def lam(self) -> float:
@@ -227,16 +228,18 @@ class NonparametricModule(pl.LightningModule):
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the training loss is {loss.item()} at step {self.step_count}: training cannot go on. The last "
-                f"checkpoint before it is intact; resume from it with smaller step sizes (optimizer.alpha_phi / lr)")
+                f"checkpoint before it is intact; resume from it with a smaller step size (optimizer.{self.step_size_key})")
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        # a plain backward, not self.manual_backward: one precision plugin, no gradient scaling, and Lightning's
+        # on_before / on_after_backward hooks of every callback cost 2-3% of a poker epoch (README, Benchmarks)
+        loss.backward()
         if self.uses_adarad:
             opt.step(batch_size=len(y))  # lines 11-17; shrinkage by alpha_r lambda |D^t| / |D|
         else:
             opt.step()
             group = self.optimizer.param_groups[0]
             if group["lam"] > 0:  # the proximal l2 group shrinkage of every fan-in
-                group_shrink_(self.net.weights, group["lr"] * group["lam"] * len(y) / group["dataset_size"])
+                group_shrink_(self.net.weights, self.step_size * group["lam"] * len(y) / group["dataset_size"])
         self.step_count += 1
         if self.growth is not None:  # lines 18-24
             removed, added = self.growth.after_step(self.net, self.optimizer, self.step_count, self.steps_per_epoch)
@@ -353,8 +356,8 @@ class NonparametricModule(pl.LightningModule):
                     if self.uses_adarad and not self.net.output_norm else "")
             raise DivergenceError(
                 f"training diverged by step {self.step_count} (epoch {metrics['epoch_float']:.2f}): "
-                + "; ".join(why) + ". Lower the step sizes (optimizer.alpha_phi / lr, or alpha_r through "
-                "dataset.alpha_r_lambda)." + hint + " The limits are the divergence.* settings")
+                + "; ".join(why) + f". Lower the step sizes (optimizer.{self.step_size_key}"
+                + (", or alpha_r through dataset.alpha_r_lambda)." if self.uses_adarad else ").") + hint + " The limits are the divergence.* settings")
 
     def check_better_than_majority(self, val_error: float, y_val: torch.Tensor) -> None:
         """A run that ends no better than always predicting the validation set's majority class says so."""
@@ -363,7 +366,7 @@ class NonparametricModule(pl.LightningModule):
             return
         majority = 1.0 - torch.bincount(y_val).max().item() / len(y_val)
         if not val_error < limit * majority:
-            hint = "optimizer.alpha_phi" if self.uses_adarad else "optimizer.lr"
+            hint = f"optimizer.{self.step_size_key}"
             raise ChanceLevelError(
                 f"the final network's validation error is {100 * val_error:.2f}%, no better than always predicting "
                 f"the majority class ({100 * majority:.2f}%): the run learned nothing. The step size may be far too "

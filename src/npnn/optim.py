@@ -29,7 +29,7 @@ from torch.optim.optimizer import required
 
 from npnn import fused as npnn_fused
 
-__all__ = ["AdaRad", "AdaRadM", "group_shrink_", "resize_state", "select_and_extend"]
+__all__ = ["AdaRad", "AdaRadM", "ParametricOptimizer", "group_shrink_", "resize_state", "select_and_extend"]
 
 
 def select_and_extend(t: Tensor, dim: int, keep: Tensor | None, new: Tensor | None) -> Tensor:
@@ -87,7 +87,29 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
     return torch.linalg.vecdot(a, b, dim=1)
 
 
-class AdaRad(Optimizer):
+class _GlobalMaxima:
+    """``state_dict`` / ``load_state_dict`` of an optimizer whose global maxima (``global_keys``, one tensor
+    each for the whole network, Alg. 1 line 13) sit beside its per-parameter state."""
+
+    global_keys: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        if getattr(self, self.global_keys[0]) is not None:
+            sd["global"] = {k: getattr(self, k).clone() for k in self.global_keys}
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # a copy: the fused step updates state in place, so it must not alias the caller's tensors
+        state_dict = copy.deepcopy(dict(state_dict))
+        glob = state_dict.pop("global", None)
+        super().load_state_dict(state_dict)
+        first = self.param_groups[0]["params"][0]
+        for key in self.global_keys:
+            setattr(self, key, None if glob is None else glob[key].to(first).clone())
+
+
+class AdaRad(_GlobalMaxima, Optimizer):
     r"""Adaptive Radial-Angular gradient descent with the l2 fan-in penalty (Algorithm 1).
 
     For every row ``w`` (a unit's fan-in) with gradient ``g`` (of the loss
@@ -219,25 +241,9 @@ class AdaRad(Optimizer):
             shape[dim] = n_new
             state[key] = select_and_extend(state[key], dim, keep, state[key].new_zeros(shape))
 
-    def state_dict(self) -> dict:
-        sd = super().state_dict()
-        if self.phi_max is not None:
-            sd["global"] = {"phi_max": self.phi_max.clone(), "c_max": self.c_max.clone()}
-        return sd
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        # a copy: the fused step updates state in place, so it must not alias the caller's tensors
-        state_dict = copy.deepcopy(dict(state_dict))
-        glob = state_dict.pop("global", None)
-        super().load_state_dict(state_dict)
-        if glob is None:
-            self.phi_max = self.c_max = None
-        else:
-            first = self.param_groups[0]["params"][0]
-            self.phi_max = glob["phi_max"].to(first).clone()
-            self.c_max = glob["c_max"].to(first).clone()
-
     # ------------------------------------------------------------------ step
+    global_keys = ("phi_max", "c_max")
+    step_size_key = "alpha_phi"  # what the protocol divides on a plateau (7.4)
     momentum = False  # AdaRadM: rotate towards the running average of phi (Algorithm 2)
 
     @torch.no_grad()
@@ -416,3 +422,115 @@ class AdaRadM(AdaRad):
             w_sq = _rowdot(w, w)
             coef = torch.where(w_sq > 0, _rowdot(pt, w) / w_sq.clamp_min(torch.finfo(w.dtype).tiny), 0.0)
             pt.sub_(coef.unsqueeze(1) * w)
+
+
+class ParametricOptimizer(_GlobalMaxima, Optimizer):
+    r"""The parametric nets' optimizers with the paper's step size ``alpha`` (section 4, 7.4.1 step 3).
+
+    The paper searches one grid, ``alpha`` in 1 ... 100,000, for SGD, momentum, Nesterov momentum,
+    RMSprop and Adam, and calls RMSprop with ``alpha = 300`` optimal on mnist (Fig. 3A). Read here
+    (README, "The parametric step size") as AdaRad reads its step sizes: ``g`` is the gradient of
+    the loss ``batch sum / |D|`` (Algorithm 1 line 8), the mixing rates are Table 3's, and the
+    per-weight normalisation of RMSprop and Adam keeps the global gradient scale as AdaRad's
+    line 14 does, so that ``alpha`` multiplies a gradient of the same scale in all five:
+
+    .. code-block:: text
+
+        sgd:       w = w - alpha g
+        momentum:  m = (1 - beta_arith) m + beta_arith g ;  w = w - alpha m
+        nesterov:  m as momentum ;  w = w - alpha ((1 - beta_arith) m + beta_arith g)
+        rmsprop:   v = (1 - beta_quad) v + beta_quad g^2 ;  c = (1 - beta_quad) c + beta_quad
+                   w = w - alpha S g / sqrt(v / c + eps)
+        adam:      m, a = (1 - beta_arith) (m, a) + beta_arith (g, 1) ;  v, c as rmsprop
+                   w = w - alpha S (m / a) / sqrt(v / c + eps)
+
+    ``S = sqrt(v_ref / c_max)`` is the global scale (AdaRad's ``sqrt(phi_max / c_max)``, line 14):
+    one value for the whole network, and ``v_ref`` and ``c_max`` never decrease (line 13).
+    ``scale`` chooses ``v_ref``, which the paper leaves open: ``"mean"`` (default), the largest mean
+    of ``v`` over all weights, so that a step has the expected length of the SGD step of the same
+    ``alpha``; or ``"max"``, the largest ``v`` of any weight (AdaRad's maximum, taken per weight).
+
+    Args:
+        params: any parameters (BatchNorm's affine ones included).
+        alpha: the paper's step size (the protocol divides it by 3 on a plateau).
+        algorithm: ``sgd``, ``momentum``, ``nesterov``, ``rmsprop`` or ``adam``.
+        beta_arith: arithmetic mixing rate (Table 3: 0.1).
+        beta_quad: quadratic mixing rate (Table 3: 0.005).
+        eps: numerical stabiliser inside the square root, as AdaRad's (Table 3: 1e-8).
+        scale: ``"mean"`` or ``"max"`` (RMSprop and Adam).
+
+    ``lam``, ``dataset_size`` and ``batch_size`` may ride in the param groups (``npnn.module``'s
+    proximal shrinkage reads them); this optimizer does not use them.
+    """
+
+    ALGORITHMS = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
+    SCALES = ("max", "mean")
+    global_keys = ("v_ref", "c_max")
+    step_size_key = "alpha"  # what the protocol divides (AdaRad: alpha_phi)
+
+    def __init__(self, params, alpha: float, algorithm: str = "sgd", *, beta_arith: float = 0.1,
+                 beta_quad: float = 0.005, eps: float = 1e-8, scale: str = "mean") -> None:
+        if algorithm not in self.ALGORITHMS:
+            raise ValueError(f"ParametricOptimizer: algorithm must be one of {self.ALGORITHMS}, got {algorithm!r}")
+        if scale not in self.SCALES:
+            raise ValueError(f"ParametricOptimizer: scale must be one of {self.SCALES}, got {scale!r}")
+        if not (isinstance(alpha, (int, float)) and alpha >= 0 and math.isfinite(alpha)):
+            raise ValueError(f"ParametricOptimizer: alpha (the step size) must be a finite number >= 0, got {alpha!r}")
+        for name, value in (("beta_arith", beta_arith), ("beta_quad", beta_quad)):
+            if not 0 < value <= 1:
+                raise ValueError(f"ParametricOptimizer: {name} must lie in (0, 1], got {value!r}")
+        if not eps > 0:
+            raise ValueError(f"ParametricOptimizer: eps must be > 0, got {eps!r}")
+        super().__init__(params, dict(alpha=float(alpha), algorithm=algorithm, beta_arith=beta_arith,
+                                      beta_quad=beta_quad, eps=eps, scale=scale))
+        self.v_ref: Tensor | None = None  # the global maxima, as AdaRad's phi_max / c_max
+        self.c_max: Tensor | None = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        normalised = []  # (group, param, state) of RMSprop / Adam, stepped once the global scale is known
+        for group in self.param_groups:
+            algorithm, ba, bq = group["algorithm"], group["beta_arith"], group["beta_quad"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g, state = p.grad, self.state[p]
+                if not state:
+                    state["m"] = torch.zeros_like(p)
+                    if algorithm in ("rmsprop", "adam"):
+                        state.update(v=torch.zeros_like(p), c=p.new_zeros(()), a=p.new_zeros(()))
+                if algorithm == "sgd":
+                    p.sub_(g, alpha=group["alpha"])
+                    continue
+                if algorithm != "rmsprop":
+                    state["m"].mul_(1 - ba).add_(g, alpha=ba)
+                if algorithm == "momentum":
+                    p.sub_(state["m"], alpha=group["alpha"])
+                elif algorithm == "nesterov":
+                    p.sub_(state["m"], alpha=group["alpha"] * (1 - ba)).sub_(g, alpha=group["alpha"] * ba)
+                else:
+                    state["v"].mul_(1 - bq).addcmul_(g, g, value=bq)
+                    state["c"].mul_(1 - bq).add_(bq)
+                    state["a"].mul_(1 - ba).add_(ba)
+                    normalised.append((group, p, state))
+        if normalised:
+            self._normalised_steps(normalised)
+        return loss
+
+    def _normalised_steps(self, work: list) -> None:
+        """RMSprop and Adam: ``w -= alpha S m / sqrt(v / c + eps)`` with the global scale ``S``."""
+        c_max = torch.stack([s["c"] for _, _, s in work]).max()
+        if work[0][0]["scale"] == "max":  # line 13, per weight
+            v_ref = torch.stack([s["v"].max() for _, _, s in work]).max()
+        else:
+            v_ref = sum(s["v"].sum() for _, _, s in work) / sum(s["v"].numel() for _, _, s in work)
+        self.v_ref = v_ref if self.v_ref is None else torch.maximum(self.v_ref, v_ref)
+        self.c_max = c_max if self.c_max is None else torch.maximum(self.c_max, c_max)
+        scale = torch.sqrt(self.v_ref / self.c_max)
+        for group, p, state in work:
+            direction = p.grad if group["algorithm"] == "rmsprop" else state["m"] / state["a"]
+            p.sub_(direction / (state["v"] / state["c"] + group["eps"]).sqrt_() * (scale * group["alpha"]))

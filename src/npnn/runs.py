@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 RUN_FILES = ("checkpoints", "logs", "summary.json", "units.csv", "unit_lengths.csv")  # what a run writes
 # keys a resume may change without asking: budgets, paths, display
 FREE_KEYS = ("ckpt_path", "data_dir", "overwrite", "resume_existing", "resume_changes", "checkpoint_every_steps", "logger",
-             "trainer.max_epochs",
+             "sweep_failure_value", "trainer.max_epochs",
              "trainer.max_steps", "trainer.max_time", "trainer.enable_progress_bar", "trainer.enable_model_summary")
 # keys no resume may change: the data, its order, the network's structure, the algorithm
 FIXED_KEYS = ("seed", "steps_per_call", "dataset.loader", "dataset.source", "dataset.batch_size",

@@ -1,6 +1,6 @@
 """Gather the runs of sweeps into one table and make the paper's picks (sections 7.4.1 / 7.4.2).
 
-    python -m npnn.sweeps DIR [DIR ...] [--out runs.csv]
+    python -m npnn.sweeps DIR [DIR ...] [--out runs.csv] [--top 10] [--write-picks PICKS]
 
 Reads every ``summary.json`` under the directories (a run's own, or a Hydra multirun's), with
 the run's overrides (``.hydra/overrides.yaml``), writes them as one CSV and prints the picks:
@@ -8,7 +8,8 @@ the run's overrides (``.hydra/overrides.yaml``), writes them as one CSV and prin
 - per nonparametric setting (all overrides but ``seed``), the representative run (7.4.1 step 2):
   the run closest to the median of both weight count and test error (TCE) across its seeds, by
   ``|w - median w| / range w + |TCE - median TCE| / range TCE`` (each term 0 when the range is 0);
-- the best parametric settings by median validation error (VCE) across their seeds (steps 4 and 6).
+- the best parametric settings by median validation error (VCE) across their seeds (steps 4 and 6);
+  ``--write-picks`` writes them as config files for the next step's seeds (``hparams_search=p_seeds``).
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from typing import Any, Iterable
 
 from npnn.runs import FINISHED
 
-__all__ = ["gather", "write_table", "setting", "representatives", "best_settings", "sweep_size", "progress",
-           "SweepProgress", "COLUMNS"]
+__all__ = ["gather", "write_table", "setting", "representatives", "best_settings", "pick_config", "write_picks",
+           "sweep_size", "progress", "SweepProgress", "COLUMNS"]
 
 COLUMNS = ("run_dir", "setting", "dataset", "model", "norm", "optimizer", "step_size", "lambda", "seed",
            "hidden_sizes", "weights", "val_error", "test_error", "best_val_error", "test_error_at_best", "best_epoch",
@@ -41,7 +42,8 @@ def _overrides(run_dir: Path) -> list[str]:
 def setting(overrides: Iterable[str]) -> str:
     """A run's setting: its overrides but the seed (and paths and display, which do not change a run)."""
     ignored = ("seed=", "data_dir=", "hydra.", "trainer.enable_progress_bar=", "logger=", "ckpt_path=",
-               "resume_existing=", "overwrite=", "trainer.max_time=", "checkpoint_every_steps=")  # + exclude_keys
+               "resume_existing=", "overwrite=", "trainer.max_time=", "checkpoint_every_steps=",
+               "sweep_failure_value=")  # + exclude_keys
     return ",".join(sorted(o for o in overrides if not o.lstrip("+~").startswith(ignored)))
 
 
@@ -100,6 +102,50 @@ def best_settings(rows: list[dict[str, Any]], top: int = 10) -> list[tuple[str, 
     return sorted(ranked, key=lambda t: (t[1], t[0]))[:top]
 
 
+def pick_config(overrides: Iterable[str], hidden_sizes: list[int] | None = None, note: str = "") -> str:
+    """A config file (``# @package _global_``) that sets what ``overrides`` set: a group choice becomes a
+    defaults-list override, a value a key. The seed, the sweep config (``hparams_search``), the random
+    search's draws (``random_search.*``) and what :func:`setting` ignores are left out; ``hidden_sizes``
+    (a parametric run's) is written as ``model.hidden_sizes``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from npnn.config import CONF_DIR  # noqa: PLC0415
+
+    kept = [o for o in overrides if setting([o]) and not o.lstrip("+").startswith(("hparams_search=", "random_search."))]
+    groups, values = [], OmegaConf.create({})
+    for override in OverridesParser.create().parse_overrides(kept):
+        key = override.key_or_group
+        if override.is_delete() or override.is_sweep_override():
+            raise ValueError(f"cannot write a setting with the override {override.input_line!r}")
+        if (CONF_DIR / key).is_dir():
+            groups.append({f"override /{key}": override.value()})
+        else:
+            OmegaConf.update(values, key, override.value(), force_add=True)
+    if hidden_sizes is not None:
+        OmegaConf.update(values, "model.hidden_sizes", list(hidden_sizes), force_add=True)
+    body = OmegaConf.to_yaml(OmegaConf.create({"defaults": groups, **OmegaConf.to_container(values)}))
+    return "# @package _global_\n" + "".join(f"# {line}\n" for line in note.splitlines()) + body
+
+
+def write_picks(rows: list[dict[str, Any]], out_dir: str | Path, top: int = 10) -> list[Path]:
+    """The ``top`` parametric settings by median VCE as config files ``<out_dir>/pick/top01.yaml`` ... for
+    ``hparams_search=p_seeds`` (7.4.1 steps 4 and 6); earlier picks in that folder are replaced."""
+    folder = Path(out_dir) / "pick"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("top*.yaml"):
+        old.unlink()
+    written = []
+    for rank, (key, vce, n) in enumerate(best_settings(rows, top), start=1):
+        run = next(r for r in rows if r["setting"] == key and r["model"] == "parametric")
+        sizes = [int(h) for h in str(run["hidden_sizes"]).split("-") if h]
+        note = f"rank {rank} by median VCE ({100 * vce:.3f}% over {n} run(s)), from {run['run_dir']}"
+        path = folder / f"top{rank:02d}.yaml"
+        path.write_text(pick_config(_overrides(Path(run["run_dir"])), sizes, note))
+        written.append(path)
+    return written
+
+
 def sweep_size(overrides: Iterable[str]) -> int | None:
     """The number of runs a grid of Hydra overrides makes (``a=1,2 b=range(3)``: 6); None if it has no end."""
     from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
@@ -145,12 +191,13 @@ class SweepProgress(_HydraCallback):
         if config.hydra.mode != RunMode.MULTIRUN:
             return
         sweep_dir = Path(config.hydra.sweep.dir)
-        try:  # the sweep's own overrides, which Hydra wrote at its start (the command line's last)
+        total = config.hydra.sweeper.get("n_trials")  # the optuna sweeper's trials
+        try:  # a grid: the sweep's own overrides, which Hydra wrote at its start (the command line's last)
             sweep = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
-            total = sweep_size([*(f"{k}={v}" for k, v in (sweep.sweeper.get("params") or {}).items()),
-                                *sweep.overrides.task])
+            total = total or sweep_size([*(f"{k}={v}" for k, v in (sweep.sweeper.get("params") or {}).items()),
+                                         *sweep.overrides.task])
         except Exception:  # no multirun.yaml, or a syntax this count does not know: no total
-            total = None
+            pass
         try:
             counts = progress(sweep_dir)
         except Exception as err:  # a progress line must never fail a job
@@ -165,7 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m npnn.sweeps", description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+", help="run or sweep directories (searched for summary.json)")
     parser.add_argument("--out", default=None, help="write the table as CSV here")
-    parser.add_argument("--top", type=int, default=10, help="parametric settings to list")
+    parser.add_argument("--top", type=int, default=10, help="parametric settings to list (and to write)")
+    parser.add_argument("--write-picks", metavar="DIR", default=None,
+                        help="write the --top parametric settings as DIR/pick/top01.yaml ... for hparams_search=p_seeds")
     args = parser.parse_args(argv)
     missing = [d for d in args.dirs if not Path(d).is_dir()]
     if missing:
@@ -183,6 +232,12 @@ def main(argv: list[str] | None = None) -> None:
               f"{run['hidden_sizes']}, TCE {100 * float(run['test_error']):.3f}%, distance {dist:.3f})")
     for key, vce, n in best_settings(rows, args.top):
         print(f"parametric [{key}]: median VCE {100 * vce:.3f}% over {n} run(s)")
+    if args.write_picks:
+        picks = write_picks(rows, args.write_picks, args.top)
+        where = Path(args.write_picks).resolve()
+        names = "" if len(picks) == 10 else " +pick=" + ",".join(p.stem for p in picks)  # p_seeds: top01..top10
+        print(f"{len(picks)} settings written to {where / 'pick'}; their seeds: python train.py -m "
+              f"hparams_search=p_seeds hydra.searchpath=[file://{where}]{names}")
 
 
 if __name__ == "__main__":

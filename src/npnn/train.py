@@ -277,8 +277,8 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "time" if timer is not None and timer.time_remaining() <= 0 else "budget"
     summary = {
         "dataset": s.name, "lambda": cfg["lambda"], "seed": cfg.seed, "model": cfg.model.kind, "norm": cfg.model.norm,
-        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1], "step_size": module.configured_hparams[0][
-            module.step_size_key],
+        "optimizer": cfg.optimizer.get("algorithm") or cfg.optimizer._target_.rsplit(".", 1)[-1],
+        "step_size": module.configured_hparams[0][module.step_size_key],
         "hidden_sizes": module.net.hidden_sizes, "weights": module.net.num_weights(),
         "val_error": val_error, "test_error": errors["test"],
         "best_val_error": module.best_validation.get("val_error"),  # the lowest VCE seen at a validation

@@ -4,7 +4,6 @@
 //                          group in two passes over memory, instead of ~60 eager tensor ops.
 // npnn::capnorm_forward_   CapNorm with batch statistics (section 3.2), the running-statistics
 // npnn::capnorm_backward   update and optionally the ReLU after it, and the backward of both;
-// npnn::capnorm_eval       and evaluation with stored statistics: a few passes instead of ~10 ops.
 // npnn::count_zero_rows    all-zero rows per weight (dead units), one call for all layers.
 //
 // The arithmetic is that of the eager code in npnn.optim.AdaRad and npnn.nn (the reference;
@@ -284,46 +283,6 @@ at::Tensor capnorm_backward(const at::Tensor& dy_in, const at::Tensor& xhat, con
   return dz;
 }
 
-// evaluation with stored statistics: (z - mean) / sqrt(max(var, 1)), then ReLU if relu; one pass
-template <typename T>
-void capnorm_eval_impl(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& var, bool relu, at::Tensor& out) {
-  const int64_t B = z.size(0), U = z.size(1);
-  const T* zp = z.data_ptr<T>();
-  const T* mp = mean.data_ptr<T>();
-  const T* vp = var.data_ptr<T>();
-  T* op = out.data_ptr<T>();
-  std::vector<T> scale(U);
-  for (int64_t j = 0; j < U; ++j) scale[j] = cap_scale(vp[j]);
-  const T* sp = scale.data();
-  at::parallel_for(0, B, grain(U, 32768), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const T* r = zp + i * U;
-      T* o = op + i * U;
-      if (relu) {
-#pragma omp simd
-        for (int64_t j = 0; j < U; ++j) {
-          const T v = (r[j] - mp[j]) * sp[j];
-          o[j] = v < 0 ? T(0) : v;  // NaN stays NaN, as in torch.relu
-        }
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < U; ++j) o[j] = (r[j] - mp[j]) * sp[j];
-      }
-    }
-  });
-}
-
-at::Tensor capnorm_eval(const at::Tensor& z_in, const at::Tensor& mean, const at::Tensor& var, bool relu) {
-  const at::Tensor z = z_in.contiguous();
-  TORCH_CHECK(z.dim() == 2 && z.device().is_cpu() && mean.numel() == z.size(1) && var.numel() == z.size(1) &&
-                  mean.is_contiguous() && var.is_contiguous() && mean.scalar_type() == z.scalar_type() &&
-                  var.scalar_type() == z.scalar_type(),
-              "capnorm_eval: z must be 2-D on the CPU, mean and var contiguous, one per unit, of z's dtype");
-  at::Tensor out = at::empty_like(z);
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "capnorm_eval", [&] { capnorm_eval_impl<scalar_t>(z, mean, var, relu, out); });
-  return out;
-}
-
 // ------------------------------------------------------------------------------------ dead units
 // Number of all-zero rows (fan-ins shrunk to exactly zero) of each weight: the per-step check
 // before removal (Algorithm 1 lines 18-19) without a tensor op per layer.
@@ -354,7 +313,6 @@ TORCH_LIBRARY(npnn, m) {
   m.def("capnorm_forward_(Tensor z, Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor? fan_in_norm, "
         "float momentum, bool relu) -> (Tensor, Tensor, Tensor)");
   m.def("capnorm_backward(Tensor dy, Tensor xhat, Tensor var, bool relu) -> Tensor");
-  m.def("capnorm_eval(Tensor z, Tensor mean, Tensor var, bool relu) -> Tensor");
   m.def("count_zero_rows(Tensor[] weights) -> int[]");
 }
 
@@ -362,6 +320,5 @@ TORCH_LIBRARY_IMPL(npnn, CPU, m) {
   m.impl("adarad_step_", &adarad_step_);
   m.impl("capnorm_forward_", &capnorm_forward_);
   m.impl("capnorm_backward", &capnorm_backward);
-  m.impl("capnorm_eval", &capnorm_eval);
   m.impl("count_zero_rows", &count_zero_rows);
 }

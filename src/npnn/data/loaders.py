@@ -154,6 +154,12 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.train_batches = PermutationBatches(splits.x_train, splits.y_train, batch_size, seed)
 
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        """The in-memory CPU batches as they are on a CPU run (Lightning's walk of each list moves nothing)."""
+        if device.type == "cpu":
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def train_dataloader(self) -> PermutationBatches:
         return self.train_batches
 
