@@ -186,6 +186,17 @@ def test_protocol_runs_through_every_phase_and_stops(tmp_path):
     assert events[-1]["done"]
 
 
+def test_the_parametric_protocol_divides_the_papers_step_size_alpha(tmp_path):
+    cfg = tiny("model=parametric", "model.hidden_sizes=[8,8]", "optimizer=rmsprop", "optimizer.alpha=30", "lambda=0",
+               "dataset.patience=2", "dataset.anneal_patience=1", "trainer.max_epochs=100")
+    summary = main(cfg, tmp_path)
+    steps = [(e["from"], e["to"], e["step_size"]) for e in summary["protocol"]]
+    assert steps[0] == ("fit", "anneal", 10.0) and steps[-1][1] == "stop" and summary["stopped_by"] == "protocol"
+    anneals = [s for _, to, s in steps[1:-1]]
+    assert anneals == pytest.approx([10.0 / 3 ** k for k in range(1, len(anneals) + 1)])  # alpha / 3 per plateau
+    assert summary["optimizer"] == "rmsprop" and summary["step_size"] == 30.0  # as configured
+
+
 def test_rewind_restores_weights_optimizer_state_and_records(tmp_path):
     cfg = tiny("trainer.max_steps=60")
     trainer, module, dm = build(cfg, tmp_path)

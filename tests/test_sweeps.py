@@ -163,6 +163,20 @@ def test_written_picks_compose_to_the_settings_they_came_from(tmp_path):
     assert all(c.model.kind == "parametric" and c["lambda"] == 0.0 for c in picked)
 
 
+def test_the_grid_table_has_a_row_per_setting_and_a_column_per_value(tmp_path):
+    from npnn.sweeps import grid_table
+
+    for opt, alpha, seed, vce, ended in (("sgd", "10", 0, 0.03, "budget"), ("sgd", "10", 1, 0.05, "budget"),
+                                         ("sgd", "100", 0, 0.02, "budget"), ("adam", "10", 0, 0.04, "budget"),
+                                         ("adam", "100", 0, 0.5, "diverged")):
+        _fake_run(tmp_path / f"{opt}{alpha}{seed}", ["dataset=mnist", f"optimizer={opt}", f"optimizer.alpha={alpha}",
+                                                      f"seed={seed}"], val_error=vce, stopped_by=ended)
+    lines = grid_table(gather([tmp_path]), "optimizer.alpha").splitlines()
+    assert lines[0].startswith("All runs: dataset=mnist;")
+    assert lines[2] == "| setting \\ optimizer.alpha | 10 | 100 |"  # numeric order
+    assert lines[4:] == ["| optimizer=adam | **4.00** | div |", "| optimizer=sgd | 4.00 | **2.00** |"]  # medians
+
+
 def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path):
     """7.4.1 step 5 through hydra-optuna-sweeper's RandomSampler and the joblib launcher, 4 trials."""
     args = [sys.executable, str(ROOT / "train.py"), "-m", "hparams_search=p_random", "dataset=synthetic",

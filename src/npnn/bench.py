@@ -272,6 +272,23 @@ def bench_kernels(rounds: int) -> dict[str, float]:
             eager = _median_time(fn, rounds, calls)
         ratios[label] = eager / fused
         print(f"{label:<52}{fused * 1e6:>10.1f}{eager * 1e6:>10.1f}{eager / fused:>15.2f}")
+    print(f"\nCapNorm evaluation (stored statistics; no kernel) against torch's BatchNorm1d evaluation, ReLU after both")
+    print(f"{'shape':<52}{'CapNorm us':>10}{'BatchNorm us':>13}{'ratio':>12}")
+    for name, rows, width in (("poker", 25_000, 43), ("mnist", 10_000, 190)):
+        z, length = torch.randn(rows, width, generator=g), torch.rand(width, generator=g) + 0.5
+        capnorm, batchnorm = CapNorm(width).eval(), torch.nn.BatchNorm1d(width).eval()
+
+        def capnorm_eval(z=z, length=length, norm=capnorm):
+            with torch.no_grad():
+                norm(z, length, relu=True)
+
+        def batchnorm_eval(z=z, norm=batchnorm):
+            with torch.no_grad():
+                torch.relu(norm(z))
+
+        ours, theirs = _median_time(capnorm_eval, rounds, 20), _median_time(batchnorm_eval, rounds, 20)
+        ratios[f"{name}: CapNorm evaluation / BatchNorm"] = ours / theirs
+        print(f"{f'{name}: {rows} x {width}':<52}{ours * 1e6:>10.1f}{theirs * 1e6:>13.1f}{ours / theirs:>12.2f}")
     return ratios
 
 

@@ -8,8 +8,8 @@ calls ``torch.ops.npnn``.
 AdaRad in eager PyTorch needs three row reductions and two passes per weight plus ~30
 small ops on per-row vectors, CapNorm about eight ops each way; on CPU that per-call
 overhead, not arithmetic, dominates. ``torch.ops.npnn.adarad_step_`` does the whole
-AdaRad step in two passes over memory; ``capnorm_forward_`` / ``capnorm_backward`` do
-CapNorm (with its running-statistics update) in two or three.
+AdaRad step in two passes over memory; ``capnorm_train`` does CapNorm (with its
+running-statistics update) as one autograd op, its forward and its backward in two or three.
 
 The kernels are built with ``torch.utils.cpp_extension`` (a C++ compiler and ninja; the
 ``ninja`` package is a dependency) into torch's extension cache (``TORCH_EXTENSIONS_DIR``,
@@ -30,8 +30,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DTYPES", "active", "disabled_by_env", "load", "use", "adarad_step_", "capnorm_forward_",
-           "capnorm_backward", "count_zero_rows"]
+__all__ = ["DTYPES", "active", "disabled_by_env", "load", "use", "adarad_step_", "capnorm_train", "count_zero_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -117,19 +116,13 @@ def adarad_step_(weights: list[torch.Tensor], grads: list[torch.Tensor], phibar:
                                 float(beta), float(eps), float(tau))
 
 
-def capnorm_forward_(z: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
-                     fan_in_norm: torch.Tensor | None, momentum: float,
-                     relu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """CapNorm of a training batch (and the ReLU if ``relu``), updating the running statistics:
-    ``(out, xhat, var)``, or None where the kernel does not apply."""
+def capnorm_train(z: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                  fan_in_norm: torch.Tensor | None, momentum: float, relu: bool) -> torch.Tensor | None:
+    """CapNorm of a training batch (and the ReLU if ``relu``), updating the running statistics, as one
+    autograd op whose forward and backward are one kernel each; None where the kernel does not apply."""
     if not active(z):
         return None
-    return torch.ops.npnn.capnorm_forward_(z.contiguous(), running_mean, running_var, fan_in_norm, momentum, relu)
-
-
-def capnorm_backward(dy: torch.Tensor, xhat: torch.Tensor, var: torch.Tensor, relu: bool) -> torch.Tensor:
-    """The gradient of a CapNorm whose forward ran in :func:`capnorm_forward_`."""
-    return torch.ops.npnn.capnorm_backward(dy, xhat, var, relu)
+    return torch.ops.npnn.capnorm_train(z, running_mean, running_var, fan_in_norm, momentum, relu)
 
 
 def count_zero_rows(weights: list[torch.Tensor]) -> list[int] | None:

@@ -32,26 +32,21 @@ class _CapNormBatch(torch.autograd.Function):
 
     Backward, with ``s = max(var, 1)^(-1/2)``, ``k = [var > 1]`` per unit and ``e = dy`` (after a
     ReLU: ``dy [xhat > 0]``): ``dz = s (e - mean(e) - k xhat mean(e xhat))`` (below the cap only
-    the centring acts). On CPU both directions run as one kernel each (:mod:`npnn.fused`) where
-    available; the eager code below is the reference.
+    the centring acts). This is the eager reference; on CPU, :class:`CapNorm` runs both directions
+    as one kernel each instead (``npnn.fused.capnorm_train``) where available.
     """
 
     @staticmethod
     def forward(ctx, z: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                 fan_in_norm: Tensor | None, momentum: float, relu: bool) -> Tensor:
         ctx.relu = relu
-        fused = npnn_fused.capnorm_forward_(z, running_mean, running_var, fan_in_norm, momentum, relu)
-        ctx.fused = fused is not None
-        if ctx.fused:
-            out, xhat, var = fused
-        else:
-            mean = z.mean(0)
-            centred = z - mean
-            var = (centred * centred).mean(0)  # two passes: much faster on CPU than z.var(0)
-            xhat = centred * var.clamp_min(1.0).rsqrt()
-            out = F.relu(xhat) if relu else xhat
-            if running_mean is not None:
-                _update_running(running_mean, running_var, mean, var, fan_in_norm, momentum)
+        mean = z.mean(0)
+        centred = z - mean
+        var = (centred * centred).mean(0)  # two passes: much faster on CPU than z.var(0)
+        xhat = centred * var.clamp_min(1.0).rsqrt()
+        out = F.relu(xhat) if relu else xhat
+        if running_mean is not None:
+            _update_running(running_mean, running_var, mean, var, fan_in_norm, momentum)
         ctx.save_for_backward(xhat, var)
         return out
 
@@ -59,12 +54,9 @@ class _CapNormBatch(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy: Tensor):
         xhat, var = ctx.saved_tensors
-        if ctx.fused:
-            dz = npnn_fused.capnorm_backward(dy, xhat, var, ctx.relu)
-        else:
-            e = dy * (xhat > 0) if ctx.relu else dy
-            projection = (e * xhat).mean(0) * (var > 1)
-            dz = (e - e.mean(0) - xhat * projection) * var.clamp_min(1.0).rsqrt()
+        e = dy * (xhat > 0) if ctx.relu else dy
+        projection = (e * xhat).mean(0) * (var > 1)
+        dz = (e - e.mean(0) - xhat * projection) * var.clamp_min(1.0).rsqrt()
         return dz, None, None, None, None, None
 
 
@@ -122,14 +114,16 @@ class CapNorm(nn.Module):
         if z.shape[1] == 0:  # a layer that lost all its units
             return z
         if self.training or self.eval_stats == "batch":
-            if self.training and self.eval_stats == "running":
-                return _CapNormBatch.apply(z, self.running_mean, self.running_var, fan_in_norm, self.momentum, relu)
-            return _CapNormBatch.apply(z, None, None, None, 0.0, relu)
+            running = self.training and self.eval_stats == "running"
+            args = (z, self.running_mean, self.running_var, fan_in_norm, self.momentum, relu) if running else \
+                (z, None, None, None, 0.0, relu)
+            fused = npnn_fused.capnorm_train(*args)
+            return fused if fused is not None else _CapNormBatch.apply(*args)
         mean, var = self.running_mean, self.running_var
         if fan_in_norm is not None:
             mean, var = mean * fan_in_norm, var * fan_in_norm.square()
         # (z - mean) / max(sigma, 1), as one BatchNorm inference kernel: var capped at 1, eps = 0; the ReLU in
-        # place. No fused kernel: this is as fast or faster at poker's and mnist's widths (README, kernels)
+        # place. No fused kernel: this is as fast at poker's and mnist's widths (README, Fused CPU kernels)
         out = F.batch_norm(z, mean, var.clamp_min(1.0), training=False, eps=0.0)
         return out.relu_() if relu else out
 

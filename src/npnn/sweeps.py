@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any, Iterable
@@ -23,7 +24,7 @@ from typing import Any, Iterable
 from npnn.runs import FINISHED
 
 __all__ = ["gather", "write_table", "setting", "representatives", "best_settings", "pick_config", "write_picks",
-           "sweep_size", "progress", "SweepProgress", "COLUMNS"]
+           "grid_table", "sweep_size", "progress", "SweepProgress", "COLUMNS"]
 
 COLUMNS = ("run_dir", "setting", "dataset", "model", "norm", "optimizer", "step_size", "lambda", "seed",
            "hidden_sizes", "weights", "val_error", "test_error", "best_val_error", "test_error_at_best", "best_epoch",
@@ -146,6 +147,42 @@ def write_picks(rows: list[dict[str, Any]], out_dir: str | Path, top: int = 10) 
     return written
 
 
+def grid_table(rows: list[dict[str, Any]], key: str, value: str = "val_error") -> str:
+    """A Markdown table of a grid over ``key``: one row per setting of the other overrides (those all runs
+    share said once above it), one column per value of ``key``, each cell the median ``value`` (a VCE
+    column) over the seeds in percent, ``div`` where every run failed; the lowest cell of each row in bold."""
+    runs = [(row, [o for o in _overrides(Path(row["run_dir"])) if setting([o])]) for row in rows]
+    runs = [(row, overrides) for row, overrides in runs if any(o.split("=", 1)[0] == key for o in overrides)]
+    common = set.intersection(*(set(o) for _, o in runs)) if runs else set()  # said once, above the table
+    table: dict[str, dict[str, list[float]]] = {}
+    for row, overrides in runs:
+        mine = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == key]
+        label = ",".join(sorted(o for o in overrides if o.split("=", 1)[0] != key and o not in common)) or "-"
+        failed = row["stopped_by"] not in FINISHED or row.get(value) in (None, "")
+        table.setdefault(label, {}).setdefault(mine[0], []).append(math.nan if failed else float(row[value]))
+    if not table:
+        raise ValueError(f"no run of these directories sets {key!r}")
+
+    def order(v: str):
+        try:
+            return (0, float(v), v)
+        except ValueError:
+            return (1, 0.0, v)
+
+    columns = sorted({c for cells in table.values() for c in cells}, key=order)
+    lines = [f"All runs: {','.join(sorted(common))}; median {value} in %\n",
+             f"| setting \\ {key} | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
+    for label in sorted(table):
+        medians = {c: statistics.median(v) if not all(math.isnan(x) for x in v) else math.nan
+                   for c, v in ((c, [x for x in vals if not math.isnan(x)] or [math.nan])
+                                for c, vals in table[label].items())}
+        best = min((m for m in medians.values() if not math.isnan(m)), default=None)
+        cells = ["" if c not in medians else "div" if math.isnan(medians[c]) else
+                 (f"**{100 * medians[c]:.2f}**" if medians[c] == best else f"{100 * medians[c]:.2f}") for c in columns]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def sweep_size(overrides: Iterable[str]) -> int | None:
     """The number of runs a grid of Hydra overrides makes (``a=1,2 b=range(3)``: 6); None if it has no end."""
     from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
@@ -213,6 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dirs", nargs="+", help="run or sweep directories (searched for summary.json)")
     parser.add_argument("--out", default=None, help="write the table as CSV here")
     parser.add_argument("--top", type=int, default=10, help="parametric settings to list (and to write)")
+    parser.add_argument("--grid", metavar="KEY", default=None,
+                        help="print a Markdown table of the grid over KEY (e.g. optimizer.alpha): median VCE per setting")
+    parser.add_argument("--value", default="val_error", choices=["val_error", "best_val_error"],
+                        help="the VCE of --grid: the final network's (default) or the lowest seen at a validation")
     parser.add_argument("--write-picks", metavar="DIR", default=None,
                         help="write the --top parametric settings as DIR/pick/top01.yaml ... for hparams_search=p_seeds")
     args = parser.parse_args(argv)
@@ -231,7 +272,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"representative of [{key}]: {run['run_dir']} (seed {run['seed']}, {run['weights']} weights, "
               f"{run['hidden_sizes']}, TCE {100 * float(run['test_error']):.3f}%, distance {dist:.3f})")
     for key, vce, n in best_settings(rows, args.top):
-        print(f"parametric [{key}]: median VCE {100 * vce:.3f}% over {n} run(s)")
+        run = next(r for r in rows if r["setting"] == key and r["model"] == "parametric")
+        print(f"parametric [{key}]: median VCE {100 * vce:.3f}% over {n} run(s) ({run['optimizer']}, step size "
+              f"{run['step_size']}, {run['norm']}, {run['hidden_sizes']})")
+    if args.grid:
+        print(grid_table(rows, args.grid, args.value))
     if args.write_picks:
         picks = write_picks(rows, args.write_picks, args.top)
         where = Path(args.write_picks).resolve()

@@ -4,12 +4,14 @@
 //                          group in two passes over memory, instead of ~60 eager tensor ops.
 // npnn::capnorm_forward_   CapNorm with batch statistics (section 3.2), the running-statistics
 // npnn::capnorm_backward   update and optionally the ReLU after it, and the backward of both;
+// npnn::capnorm_train      the two as one autograd op (forward and backward without Python);
 // npnn::count_zero_rows    all-zero rows per weight (dead units), one call for all layers.
 //
 // The arithmetic is that of the eager code in npnn.optim.AdaRad and npnn.nn (the reference;
 // tests compare them).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -305,6 +307,32 @@ std::vector<int64_t> count_zero_rows(at::TensorList weights) {
   return counts;
 }
 
+// CapNorm of a training batch with its backward, as one autograd op: no Python between the two kernels
+class CapNormTrain : public torch::autograd::Function<CapNormTrain> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& z,
+                            const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
+                            const c10::optional<at::Tensor>& fan_in_norm, double momentum, bool relu) {
+    auto [out, xhat, var] = capnorm_forward_(z.contiguous(), running_mean, running_var, fan_in_norm, momentum, relu);
+    ctx->save_for_backward({xhat, var});
+    ctx->saved_data["relu"] = relu;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    at::Tensor dz = capnorm_backward(grads[0].contiguous(), saved[0], saved[1], ctx->saved_data["relu"].toBool());
+    return {dz, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor capnorm_train(const at::Tensor& z, const c10::optional<at::Tensor>& running_mean,
+                         const c10::optional<at::Tensor>& running_var, const c10::optional<at::Tensor>& fan_in_norm,
+                         double momentum, bool relu) {
+  return CapNormTrain::apply(z, running_mean, running_var, fan_in_norm, momentum, relu);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(npnn, m) {
@@ -314,6 +342,9 @@ TORCH_LIBRARY(npnn, m) {
         "float momentum, bool relu) -> (Tensor, Tensor, Tensor)");
   m.def("capnorm_backward(Tensor dy, Tensor xhat, Tensor var, bool relu) -> Tensor");
   m.def("count_zero_rows(Tensor[] weights) -> int[]");
+  m.def("capnorm_train(Tensor z, Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor? fan_in_norm, "
+        "float momentum, bool relu) -> Tensor",
+        &capnorm_train);  // CompositeImplicitAutograd: the autograd function above records the graph
 }
 
 TORCH_LIBRARY_IMPL(npnn, CPU, m) {
