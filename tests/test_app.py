@@ -129,6 +129,8 @@ def test_default_config_is_the_paper_poker_setting():
     ("resume_changes=lambda", r"resume_changes must be a list of config keys"),
     ("divergence.max_train_ce=-1", r"model: divergence: each limit must be a number > 0 or null"),
     ("+divergence.max_loss=3", r"model: divergence: unknown keys \['max_loss'\]; the limits are"),
+    ("optimizer=rmsprop", r"optimizer=rmsprop normalises with one running average per weight .* optimizer=adarad"),
+    ("+trainer.precision=16-mixed", r"trainer.precision='16-mixed': npnn trains in full precision"),
 ])
 def test_bad_config_values_fail_early_with_the_key(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):

@@ -153,3 +153,12 @@ def test_env_switch_is_read(monkeypatch):
     monkeypatch.setenv("NPNN_FUSED", "1")
     assert not npnn.fused.disabled_by_env()
     assert os.environ["NPNN_FUSED"] == "1"
+
+
+def test_fused_capnorm_refuses_a_double_backward():
+    if not npnn.fused.load():
+        pytest.skip("no fused kernels here")
+    z = torch.randn(50, 4, requires_grad=True)
+    out = CapNorm(4)(z, relu=True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(out.square().sum(), z, create_graph=True)

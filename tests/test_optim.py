@@ -435,3 +435,20 @@ def test_parametric_optimizer_state_dict_roundtrip_and_bad_values():
                         ({"eps": 0.0}, "eps")):
         with pytest.raises(ValueError, match=msg):
             ParametricOptimizer(random_weights(), **{"alpha": 1.0, **kwargs})
+
+
+def test_parametric_rmsprop_refuses_new_units_but_follows_removals():
+    from npnn.optim import ParametricOptimizer
+
+    net = NonparametricMLP(4, [5], 2)  # the library allows it; the app refuses rmsprop on a growing net
+    opt = ParametricOptimizer(net.parameters(), alpha=1.0, algorithm="rmsprop")
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    opt.step()
+    v_before = opt.state[net.linears[0].weight]["v"].clone()
+    with torch.no_grad():
+        net.linears[0].weight[1] = 0.0  # a dead unit: removal keeps the others' state
+    net.remove_dead_units(optimizer=opt)
+    torch.testing.assert_close(opt.state[net.linears[0].weight]["v"], v_before[[0, 2, 3, 4]])
+    with pytest.raises(RuntimeError, match="cannot add units to a trained parameter"):
+        net.add_units(0, 1, optimizer=opt)

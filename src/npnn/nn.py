@@ -123,7 +123,7 @@ class CapNorm(nn.Module):
         if fan_in_norm is not None:
             mean, var = mean * fan_in_norm, var * fan_in_norm.square()
         # (z - mean) / max(sigma, 1), as one BatchNorm inference kernel: var capped at 1, eps = 0; the ReLU in
-        # place. No fused kernel: this is as fast at poker's and mnist's widths (README, Fused CPU kernels)
+        # place. No fused kernel: the one this replaced was slower at poker's widths (README, Fused CPU kernels)
         out = F.batch_norm(z, mean, var.clamp_min(1.0), training=False, eps=0.0)
         return out.relu_() if relu else out
 

@@ -55,7 +55,11 @@ def resize_state(optimizer: Optimizer, param: Tensor, dim: int, keep: Tensor | N
     if own is not None:
         own(param, dim, keep, n_new)
         return
-    state = optimizer.state.get(param)
+    _resize_weight_shaped(optimizer.state.get(param), param, dim, keep, n_new)
+
+
+def _resize_weight_shaped(state: dict | None, param: Tensor, dim: int, keep: Tensor | None, n_new: int) -> None:
+    """Resize every tensor of ``state`` shaped like ``param`` (zeros for new slices); scalars stay."""
     if not state:
         return
     for key, value in state.items():
@@ -499,13 +503,14 @@ class ParametricOptimizer(_GlobalMaxima, Optimizer):
                 if p.grad is None:
                     continue
                 g, state = p.grad, self.state[p]
-                if not state:
-                    state["m"] = torch.zeros_like(p)
-                    if algorithm in ("rmsprop", "adam"):
-                        state.update(v=torch.zeros_like(p), c=p.new_zeros(()), a=p.new_zeros(()))
                 if algorithm == "sgd":
                     p.sub_(g, alpha=group["alpha"])
                     continue
+                if not state:
+                    state.update({"m": torch.zeros_like(p)} if algorithm != "rmsprop" else {})
+                    state.update({"v": torch.zeros_like(p), "c": p.new_zeros(())} if algorithm in ("rmsprop", "adam")
+                                 else {})
+                    state.update({"a": p.new_zeros(())} if algorithm == "adam" else {})
                 if algorithm != "rmsprop":
                     state["m"].mul_(1 - ba).add_(g, alpha=ba)
                 if algorithm == "momentum":
@@ -515,11 +520,21 @@ class ParametricOptimizer(_GlobalMaxima, Optimizer):
                 else:
                     state["v"].mul_(1 - bq).addcmul_(g, g, value=bq)
                     state["c"].mul_(1 - bq).add_(bq)
-                    state["a"].mul_(1 - ba).add_(ba)
+                    if algorithm == "adam":
+                        state["a"].mul_(1 - ba).add_(ba)
                     normalised.append((group, p, state))
         if normalised:
             self._normalised_steps(normalised)
         return loss
+
+    def resize_state(self, param: Tensor, dim: int, keep: Tensor | None, n_new: int) -> None:
+        """As :func:`resize_state` for torch's optimizers; new units are refused under RMSprop and Adam,
+        whose bias weights ``c`` and ``a`` are one per parameter: a new unit's ``v = 0`` against a grown
+        ``c`` would give it steps of many times the others' (a growing network needs AdaRad)."""
+        if n_new > 0 and self.param_groups[0]["algorithm"] in ("rmsprop", "adam") and self.state.get(param):
+            raise RuntimeError(f"ParametricOptimizer({self.param_groups[0]['algorithm']}) cannot add units to a "
+                               f"trained parameter: train a growing network with AdaRad")
+        _resize_weight_shaped(self.state.get(param), param, dim, keep, n_new)
 
     def _normalised_steps(self, work: list) -> None:
         """RMSprop and Adam: ``w -= alpha S m / sqrt(v / c + eps)`` with the global scale ``S``."""

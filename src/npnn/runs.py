@@ -51,7 +51,7 @@ FREE_KEYS = ("ckpt_path", "data_dir", "overwrite", "resume_existing", "resume_ch
 FIXED_KEYS = ("seed", "steps_per_call", "dataset.loader", "dataset.source", "dataset.batch_size",
               "dataset.hidden_layers", "model.kind", "model.norm", "model.output_norm", "model.hidden_layers",
               "model.hidden_sizes", "model.start_units", "model.capnorm_eval_stats", "model.norm_momentum",
-              "optimizer._target_", "protocol._target_")
+              "optimizer._target_", "optimizer.algorithm", "optimizer.scale", "protocol._target_")
 
 
 class CheckpointError(ValueError):

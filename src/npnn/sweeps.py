@@ -150,7 +150,8 @@ def write_picks(rows: list[dict[str, Any]], out_dir: str | Path, top: int = 10) 
 def grid_table(rows: list[dict[str, Any]], key: str, value: str = "val_error") -> str:
     """A Markdown table of a grid over ``key``: one row per setting of the other overrides (those all runs
     share said once above it), one column per value of ``key``, each cell the median ``value`` (a VCE
-    column) over the seeds in percent, ``div`` where every run failed; the lowest cell of each row in bold."""
+    column) over the seeds in percent (a failed seed counts as 1), ``div`` where every run failed or
+    stopped early; the lowest cell of each row in bold."""
     runs = [(row, [o for o in _overrides(Path(row["run_dir"])) if setting([o])]) for row in rows]
     runs = [(row, overrides) for row, overrides in runs if any(o.split("=", 1)[0] == key for o in overrides)]
     common = set.intersection(*(set(o) for _, o in runs)) if runs else set()  # said once, above the table
@@ -159,7 +160,7 @@ def grid_table(rows: list[dict[str, Any]], key: str, value: str = "val_error") -
         mine = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == key]
         label = ",".join(sorted(o for o in overrides if o.split("=", 1)[0] != key and o not in common)) or "-"
         failed = row["stopped_by"] not in FINISHED or row.get(value) in (None, "")
-        table.setdefault(label, {}).setdefault(mine[0], []).append(math.nan if failed else float(row[value]))
+        table.setdefault(label, {}).setdefault(mine[-1], []).append(math.nan if failed else float(row[value]))
     if not table:
         raise ValueError(f"no run of these directories sets {key!r}")
 
@@ -173,9 +174,9 @@ def grid_table(rows: list[dict[str, Any]], key: str, value: str = "val_error") -
     lines = [f"All runs: {','.join(sorted(common))}; median {value} in %\n",
              f"| setting \\ {key} | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
     for label in sorted(table):
-        medians = {c: statistics.median(v) if not all(math.isnan(x) for x in v) else math.nan
-                   for c, v in ((c, [x for x in vals if not math.isnan(x)] or [math.nan])
-                                for c, vals in table[label].items())}
+        # a failed seed counts as VCE 1, as in best_settings; a cell whose seeds all failed is "div"
+        medians = {c: math.nan if all(math.isnan(x) for x in vals) else
+                   statistics.median(1.0 if math.isnan(x) else x for x in vals) for c, vals in table[label].items()}
         best = min((m for m in medians.values() if not math.isnan(m)), default=None)
         cells = ["" if c not in medians else "div" if math.isnan(medians[c]) else
                  (f"**{100 * medians[c]:.2f}**" if medians[c] == best else f"{100 * medians[c]:.2f}") for c in columns]

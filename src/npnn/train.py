@@ -58,6 +58,10 @@ def validate_config(cfg: DictConfig) -> None:
     if model.kind == "nonparametric":
         if model.norm not in GROWABLE_NORMS:
             raise ConfigError(f"model.norm={model.norm!r} cannot grow: a nonparametric model needs one of {GROWABLE_NORMS}")
+        if cfg.optimizer.get("algorithm") in ("rmsprop", "adam"):  # one bias weight c per parameter (its docstring)
+            raise ConfigError(f"optimizer={cfg.optimizer.algorithm} normalises with one running average per weight "
+                              f"and cannot start new units fairly: a growing network needs optimizer=adarad (the "
+                              f"paper's), adarad_m, or sgd / momentum / nesterov")
         if not (isinstance(model.hidden_layers, int) and model.hidden_layers >= 1):
             raise ConfigError(f"model.hidden_layers must be an integer >= 1, got {model.hidden_layers!r}")
         units = model.start_units
@@ -72,6 +76,10 @@ def validate_config(cfg: DictConfig) -> None:
                 not all(isinstance(h, int) and h >= 1 for h in sizes):
             raise ConfigError("model=parametric needs model.hidden_sizes, a list of positive widths, "
                               f"e.g. model.hidden_sizes=[23,24,15,4]; got {sizes!r}")
+    precision = str(cfg.trainer.get("precision") or "32")
+    if precision not in ("32", "32-true", "64", "64-true"):  # module.train_step backpropagates the loss itself
+        raise ConfigError(f"trainer.precision={precision!r}: npnn trains in full precision (32 or 64); mixed "
+                          f"precision would need the loss scaling that its training step does not do")
     try:
         cfg.optimizer.get("alpha_r")  # alpha_r_lambda / lambda (conf/optimizer/adarad.yaml)
     except InterpolationResolutionError as err:

@@ -2,9 +2,9 @@
 //
 // npnn::adarad_step_       one AdaRad step (Algorithm 1 lines 11-17) over all weights of a parameter
 //                          group in two passes over memory, instead of ~60 eager tensor ops.
-// npnn::capnorm_forward_   CapNorm with batch statistics (section 3.2), the running-statistics
-// npnn::capnorm_backward   update and optionally the ReLU after it, and the backward of both;
-// npnn::capnorm_train      the two as one autograd op (forward and backward without Python);
+// npnn::capnorm_train      CapNorm with batch statistics (section 3.2), the running-statistics update
+//                          and optionally the ReLU after it, as one autograd op: one kernel forward
+//                          (capnorm_forward_ below), one backward (capnorm_backward), no Python between;
 // npnn::count_zero_rows    all-zero rows per weight (dead units), one call for all layers.
 //
 // The arithmetic is that of the eager code in npnn.optim.AdaRad and npnn.nn (the reference;
@@ -321,6 +321,8 @@ class CapNormTrain : public torch::autograd::Function<CapNormTrain> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(), "npnn::capnorm_train has no double backward (its backward is a "
+                "kernel); use the eager CapNorm (npnn.fused.use(False)) for higher derivatives");
     const auto saved = ctx->get_saved_variables();
     at::Tensor dz = capnorm_backward(grads[0].contiguous(), saved[0], saved[1], ctx->saved_data["relu"].toBool());
     return {dz, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -338,9 +340,6 @@ at::Tensor capnorm_train(const at::Tensor& z, const c10::optional<at::Tensor>& r
 TORCH_LIBRARY(npnn, m) {
   m.def("adarad_step_(Tensor(a!)[] weights, Tensor[] grads, Tensor(b!)[] phibar, Tensor(c!)[] c, "
         "Tensor(d!) phi_max, Tensor(e!) c_max, float alpha_r, float alpha_phi, float beta, float eps, float tau) -> ()");
-  m.def("capnorm_forward_(Tensor z, Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor? fan_in_norm, "
-        "float momentum, bool relu) -> (Tensor, Tensor, Tensor)");
-  m.def("capnorm_backward(Tensor dy, Tensor xhat, Tensor var, bool relu) -> Tensor");
   m.def("count_zero_rows(Tensor[] weights) -> int[]");
   m.def("capnorm_train(Tensor z, Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor? fan_in_norm, "
         "float momentum, bool relu) -> Tensor",
@@ -349,7 +348,5 @@ TORCH_LIBRARY(npnn, m) {
 
 TORCH_LIBRARY_IMPL(npnn, CPU, m) {
   m.impl("adarad_step_", &adarad_step_);
-  m.impl("capnorm_forward_", &capnorm_forward_);
-  m.impl("capnorm_backward", &capnorm_backward);
   m.impl("count_zero_rows", &count_zero_rows);
 }
