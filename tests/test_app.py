@@ -199,6 +199,18 @@ def test_the_parametric_protocol_divides_the_papers_step_size_alpha(tmp_path):
     assert summary["optimizer"] == "rmsprop" and summary["step_size"] == 30.0  # as configured
 
 
+def test_the_progress_bar_shows_the_sizes_the_error_the_phase_and_the_step_size(tmp_path):
+    from npnn.callbacks import RunProgressBar
+
+    trainer, module, dm = build(tiny("trainer.max_epochs=2", "trainer.enable_progress_bar=true"), tmp_path)
+    trainer.fit(module, datamodule=dm)
+    bar = trainer.progress_bar_callback
+    assert isinstance(bar, RunProgressBar)
+    shown = bar.get_metrics(trainer, module)
+    assert shown == {"sizes": "-".join(map(str, module.net.hidden_sizes)), "VCE": f"{100 * module.last_val_error:.3f}%",
+                     "phase": "grow", "step size": "30"}  # no v_num
+
+
 def test_rewind_restores_weights_optimizer_state_and_records(tmp_path):
     cfg = tiny("trainer.max_steps=60")
     trainer, module, dm = build(cfg, tmp_path)

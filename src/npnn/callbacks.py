@@ -1,4 +1,5 @@
-"""Callbacks, which act at validations: the rewind protocols (7.4.1 / 7.4.2) and the unit logs.
+"""Callbacks, which act at validations: the rewind protocols (7.4.1 / 7.4.2), the unit logs and the
+progress bar.
 
 Unit growth and pruning (Alg. 1 lines 18-24) belong to every step: :class:`npnn.module.Growth`,
 run by the module's ``train_step``.
@@ -13,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 
 from npnn.module import NonparametricModule
 from npnn.runs import write_atomic
 
-__all__ = ["RewindProtocol", "UnitLogger", "epochs_to_steps"]
+__all__ = ["RewindProtocol", "UnitLogger", "RunProgressBar", "epochs_to_steps"]
 
 log = logging.getLogger(__name__)
 
@@ -240,3 +241,19 @@ class UnitLogger(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._validations = state["validations"]
         self._rows = state.get("rows")
+
+
+class RunProgressBar(TQDMProgressBar):
+    """Lightning's progress bar with what a run is doing: the hidden sizes, the last validation error,
+    the protocol's phase and the step size (instead of Lightning's ``v_num``)."""
+
+    def get_metrics(self, trainer, module: NonparametricModule) -> dict[str, Any]:
+        shown: dict[str, Any] = {"sizes": "-".join(map(str, module.net.hidden_sizes))}
+        if not math.isnan(module.last_val_error):
+            shown["VCE"] = f"{100 * module.last_val_error:.3f}%"
+        protocol = next((cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol)), None)
+        if protocol is not None:
+            shown["phase"] = "stop" if protocol.done else protocol.phase
+        if trainer.strategy.optimizers:
+            shown["step size"] = f"{module.step_size:.3g}"
+        return shown

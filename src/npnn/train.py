@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from pytorch_lightning.callbacks import ModelCheckpoint, Timer
 
-from npnn.callbacks import RewindProtocol, UnitLogger
+from npnn.callbacks import RewindProtocol, RunProgressBar, UnitLogger
 from npnn.data import InMemoryDataModule, Splits
 from npnn.module import Growth, NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS
@@ -202,6 +202,8 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
         divergence=divergence_limits(cfg), steps_per_call=k))
     _construct("optimizer", module.configure_optimizers)  # its checks now, not once training has begun
     callbacks.append(UnitLogger(run_dir, lengths_every=cfg.get("unit_lengths_every", 1)))
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(RunProgressBar())  # sizes, VCE, phase and step size on the bar
     callbacks.append(ResumeChanges(cfg, stored, changes))
     callbacks.append(StopOnSignal(run_dir / "checkpoints" / "last.ckpt"))
     # checkpoints/last.ckpt, overwritten at every validation (or every checkpoint_every_steps steps): the
