@@ -383,14 +383,19 @@ def test_constant_network_is_reported(tmp_path):
     assert summary["stopped_by"] == "constant_network" and "ConstantNetworkError" in summary["error"]
 
 
-def test_wandb_logger_works_offline(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")  # optional: pip install -e ".[wandb]"
+def test_wandb_logs_beside_the_csv_files_offline_with_the_runs_plot(tmp_path, monkeypatch):
+    import wandb  # in the dev extra (and the wandb extra): this test runs in CI
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    cfg = config("dataset=synthetic", "logger=wandb", "trainer.enable_progress_bar=false", "trainer.max_steps=25",
+    cfg = config("dataset=synthetic", "logger=wandb", "trainer.enable_progress_bar=false", "trainer.max_steps=60",
                  "protocol=none")
     main(cfg, run_dir=tmp_path)
-    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    wandb.finish()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs and (tmp_path / "logs" / "version_0" / "metrics.csv").is_file()  # W&B and the CSV files
+    assert (tmp_path / "plots" / "run.png").is_file()
+    assert list(runs[0].glob("files/media/images/run_*.png"))  # the plot, logged as an image
 
 
 def test_metrics_are_on_disk_at_every_validation_not_only_at_the_end(tmp_path):

@@ -211,9 +211,9 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
     callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, monitor=None,
                                      save_last=False, enable_version_counter=False,
                                      every_n_train_steps=cfg.get("checkpoint_every_steps")))
-    logger = False
-    if cfg.logger is not None and cfg.logger.get("_target_"):
-        logger = instantiate(cfg.logger, save_dir=str(run_dir))
+    # the logger group: one logger (csv), none (none), or several by name (wandb: the CSV files and W&B)
+    specs = [] if cfg.logger is None else [cfg.logger] if "_target_" in cfg.logger else list(cfg.logger.values())
+    logger = [instantiate(spec, save_dir=str(run_dir)) for spec in specs if spec.get("_target_")] or False
     trainer = _construct("trainer", lambda: instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
                                                         default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()]))
     return trainer, module, datamodule
@@ -307,6 +307,16 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     if failure is not None:  # sizes and errors above are those of the network at the failure, not the best one
         summary["error"] = f"{type(failure).__name__}: {failure}"
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+    image_loggers = [lg for lg in trainer.loggers if hasattr(lg, "log_image")]  # W&B: the run's plot as an image
+    if image_loggers and any(run_dir.glob("logs/version_*/metrics.csv")):
+        from npnn.plot import plot_run  # noqa: PLC0415
+
+        try:
+            plot_run(run_dir)
+            for image_logger in image_loggers:
+                image_logger.log_image(key="run", images=[str(run_dir / "plots" / "run.png")])
+        except Exception as err:  # a plot never fails a run that has ended
+            log.warning("run %s: no plot for the logger (%s: %s)", run_dir, type(err).__name__, err)
     log.info("%s sizes %s, val error %.4f%%, test error %.4f%%, %.1f epochs, %.0f s -> %s",
              "final" if failure is None else f"stopped ({stopped_by}) at", "-".join(map(str, summary["hidden_sizes"])),
              100 * summary["val_error"], 100 * summary["test_error"], summary["epochs"], wall, run_dir)
