@@ -51,3 +51,20 @@ def test_the_plot_command_names_a_directory_without_metrics(tmp_path, capsys):
     write_run(tmp_path / "run")
     main([str(tmp_path / "run"), "--out", str(tmp_path / "out" / "fig")])
     assert (tmp_path / "out" / "fig.png").is_file() and "wrote" in capsys.readouterr().out
+
+
+def test_table1_shows_the_measured_cost_per_weight_beside_the_papers_counts(tmp_path, monkeypatch):
+    import npnn.bench
+    from npnn.figures import PAPER_TABLE1, table1
+
+    timings = {"mnist": {"SGD": 1e-3, "AdaRad": 2e-3, "RMSprop": 4e-3},  # seconds per step, as the bench returns
+               "poker": {"SGD": 1e-4, "AdaRad": 1e-4, "RMSprop": 5e-4}}
+    monkeypatch.setattr(npnn.bench, "bench_optimizer", lambda shapes, rounds, steps: timings)
+    text = table1(tmp_path, rounds=2, steps=1)
+    assert (tmp_path / "table1.md").read_text() == text
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ") and
+            not line.startswith("| algorithm")}
+    mnist_weights, poker_weights = 784 * 1000 + 1000 * 1000 + 1000 * 10, 10 * 300 + 300 * 260 + 260 * 260 + 260 * 130 + 130 * 2
+    assert f"{2e-3 / mnist_weights * 1e9:.3f} (0.50)" in rows["AdaRad"]
+    assert f"{1e-4 / poker_weights * 1e9:.3f} (0.20)" in rows["AdaRad"]
+    assert PAPER_TABLE1["RMSprop"] in rows["RMSprop"] and set(rows) == {"SGD", "AdaRad", "RMSprop"}
