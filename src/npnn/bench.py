@@ -272,7 +272,8 @@ def bench_kernels(rounds: int) -> dict[str, float]:
             eager = _median_time(fn, rounds, calls)
         ratios[label] = eager / fused
         print(f"{label:<52}{fused * 1e6:>10.1f}{eager * 1e6:>10.1f}{eager / fused:>15.2f}")
-    print(f"\nCapNorm evaluation (stored statistics; no kernel) against torch's BatchNorm1d evaluation, ReLU after both")
+    print("\nCapNorm evaluation (stored statistics; no kernel) against torch's BatchNorm1d evaluation, "
+          "ReLU after both")
     print(f"{'shape':<52}{'CapNorm us':>10}{'BatchNorm us':>13}{'ratio':>12}")
     for name, rows, width in (("poker", 25_000, 43), ("mnist", 10_000, 190)):
         z, length = torch.randn(rows, width, generator=g), torch.rand(width, generator=g) + 0.5

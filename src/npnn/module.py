@@ -228,7 +228,8 @@ class NonparametricModule(pl.LightningModule):
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the training loss is {loss.item()} at step {self.step_count}: training cannot go on. The last "
-                f"checkpoint before it is intact; resume from it with a smaller step size (optimizer.{self.step_size_key})")
+                f"checkpoint before it is intact; resume from it with a smaller step size "
+                f"(optimizer.{self.step_size_key})")
         opt.zero_grad(set_to_none=True)
         # a plain backward, not self.manual_backward: one precision plugin, no gradient scaling, and Lightning's
         # on_before / on_after_backward hooks of every callback cost 2-3% of a poker epoch (README, Benchmarks)
@@ -357,7 +358,8 @@ class NonparametricModule(pl.LightningModule):
             raise DivergenceError(
                 f"training diverged by step {self.step_count} (epoch {metrics['epoch_float']:.2f}): "
                 + "; ".join(why) + f". Lower the step sizes (optimizer.{self.step_size_key}"
-                + (", or alpha_r through dataset.alpha_r_lambda)." if self.uses_adarad else ").") + hint + " The limits are the divergence.* settings")
+                + (", or alpha_r through dataset.alpha_r_lambda)." if self.uses_adarad else ").") + hint
+                + " The limits are the divergence.* settings")
 
     def check_better_than_majority(self, val_error: float, y_val: torch.Tensor) -> None:
         """A run that ends no better than always predicting the validation set's majority class says so."""

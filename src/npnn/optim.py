@@ -468,6 +468,7 @@ class ParametricOptimizer(_GlobalMaxima, Optimizer):
     """
 
     ALGORITHMS = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
+    NORMALISED = ("rmsprop", "adam")  # per-weight normalisation, one bias weight c per parameter
     SCALES = ("max", "mean")
     global_keys = ("v_ref", "c_max")
     step_size_key = "alpha"  # what the protocol divides (AdaRad: alpha_phi)
@@ -506,11 +507,13 @@ class ParametricOptimizer(_GlobalMaxima, Optimizer):
                 if algorithm == "sgd":
                     p.sub_(g, alpha=group["alpha"])
                     continue
-                if not state:
-                    state.update({"m": torch.zeros_like(p)} if algorithm != "rmsprop" else {})
-                    state.update({"v": torch.zeros_like(p), "c": p.new_zeros(())} if algorithm in ("rmsprop", "adam")
-                                 else {})
-                    state.update({"a": p.new_zeros(())} if algorithm == "adam" else {})
+                if not state:  # m: the arithmetic average; v, c (and Adam's a): the normalisation
+                    if algorithm != "rmsprop":
+                        state["m"] = torch.zeros_like(p)
+                    if algorithm in self.NORMALISED:
+                        state["v"], state["c"] = torch.zeros_like(p), p.new_zeros(())
+                    if algorithm == "adam":
+                        state["a"] = p.new_zeros(())
                 if algorithm != "rmsprop":
                     state["m"].mul_(1 - ba).add_(g, alpha=ba)
                 if algorithm == "momentum":
@@ -531,7 +534,7 @@ class ParametricOptimizer(_GlobalMaxima, Optimizer):
         """As :func:`resize_state` for torch's optimizers; new units are refused under RMSprop and Adam,
         whose bias weights ``c`` and ``a`` are one per parameter: a new unit's ``v = 0`` against a grown
         ``c`` would give it steps of many times the others' (a growing network needs AdaRad)."""
-        if n_new > 0 and self.param_groups[0]["algorithm"] in ("rmsprop", "adam") and self.state.get(param):
+        if n_new > 0 and self.param_groups[0]["algorithm"] in self.NORMALISED and self.state.get(param):
             raise RuntimeError(f"ParametricOptimizer({self.param_groups[0]['algorithm']}) cannot add units to a "
                                f"trained parameter: train a growing network with AdaRad")
         _resize_weight_shaped(self.state.get(param), param, dim, keep, n_new)

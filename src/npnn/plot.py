@@ -15,7 +15,6 @@ from pathlib import Path
 
 __all__ = ["read_metrics", "phases", "plot_run", "main"]
 
-PHASES = {"nonparametric": ("grow", "prune", "fit", "anneal"), "parametric": ("fit", "anneal")}  # RewindProtocol
 COLOURS = {"grow": "#d9f0d3", "prune": "#fde0c5", "fit": "#dde8f6", "anneal": "#ece2f0"}
 
 
@@ -50,7 +49,9 @@ def _kind(run_dir: Path) -> str:
 
 def phases(rows: list[dict[str, float]], kind: str) -> list[tuple[str, float, float]]:
     """``(phase, first step, last step)`` spans from the protocol's ``protocol/phase`` codes."""
-    names, spans = PHASES[kind], []
+    from npnn.callbacks import RewindProtocol  # noqa: PLC0415
+
+    names, spans = RewindProtocol.PHASES[kind], []
     marks = [(r["step"], int(r["protocol/phase"])) for r in rows if "protocol/phase" in r]  # the phase from then on
     ends = [step for step, _ in marks[1:]] + [rows[-1]["step"]] if marks else []
     for (start, code), end in zip(marks, ends):

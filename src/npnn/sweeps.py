@@ -103,6 +103,11 @@ def best_settings(rows: list[dict[str, Any]], top: int = 10) -> list[tuple[str, 
     return sorted(ranked, key=lambda t: (t[1], t[0]))[:top]
 
 
+def _first_parametric_run(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """A parametric run of the setting ``key`` (its seeds share everything the picks need)."""
+    return next(r for r in rows if r["setting"] == key and r["model"] == "parametric")
+
+
 def pick_config(overrides: Iterable[str], hidden_sizes: list[int] | None = None, note: str = "") -> str:
     """A config file (``# @package _global_``) that sets what ``overrides`` set: a group choice becomes a
     defaults-list override, a value a key. The seed, the sweep config (``hparams_search``), the random
@@ -138,7 +143,7 @@ def write_picks(rows: list[dict[str, Any]], out_dir: str | Path, top: int = 10) 
         old.unlink()
     written = []
     for rank, (key, vce, n) in enumerate(best_settings(rows, top), start=1):
-        run = next(r for r in rows if r["setting"] == key and r["model"] == "parametric")
+        run = _first_parametric_run(rows, key)
         sizes = [int(h) for h in str(run["hidden_sizes"]).split("-") if h]
         note = f"rank {rank} by median VCE ({100 * vce:.3f}% over {n} run(s)), from {run['run_dir']}"
         path = folder / f"top{rank:02d}.yaml"
@@ -273,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"representative of [{key}]: {run['run_dir']} (seed {run['seed']}, {run['weights']} weights, "
               f"{run['hidden_sizes']}, TCE {100 * float(run['test_error']):.3f}%, distance {dist:.3f})")
     for key, vce, n in best_settings(rows, args.top):
-        run = next(r for r in rows if r["setting"] == key and r["model"] == "parametric")
+        run = _first_parametric_run(rows, key)
         print(f"parametric [{key}]: median VCE {100 * vce:.3f}% over {n} run(s) ({run['optimizer']}, step size "
               f"{run['step_size']}, {run['norm']}, {run['hidden_sizes']})")
     if args.grid:

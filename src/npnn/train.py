@@ -26,6 +26,7 @@ from npnn.callbacks import RewindProtocol, RunProgressBar, UnitLogger
 from npnn.data import InMemoryDataModule, Splits
 from npnn.module import Growth, NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS
+from npnn.optim import ParametricOptimizer
 from npnn.runs import (FINISHED, AtomicCheckpointIO, ResumeChanges, StopOnSignal, check_resume, delete_run,
                        existing_run, prepare_run_dir, read_checkpoint, write_atomic)
 
@@ -58,7 +59,7 @@ def validate_config(cfg: DictConfig) -> None:
     if model.kind == "nonparametric":
         if model.norm not in GROWABLE_NORMS:
             raise ConfigError(f"model.norm={model.norm!r} cannot grow: a nonparametric model needs one of {GROWABLE_NORMS}")
-        if cfg.optimizer.get("algorithm") in ("rmsprop", "adam"):  # one bias weight c per parameter (its docstring)
+        if cfg.optimizer.get("algorithm") in ParametricOptimizer.NORMALISED:  # one bias weight per parameter
             raise ConfigError(f"optimizer={cfg.optimizer.algorithm} normalises with one running average per weight "
                               f"and cannot start new units fairly: a growing network needs optimizer=adarad (the "
                               f"paper's), adarad_m, or sgd / momentum / nesterov")
