@@ -1,6 +1,6 @@
 """Table 2's baselines: logistic regression, naive Bayes and a decision tree (scikit-learn).
 
-    python -m npnn.baselines [--datasets poker mnist ...] [--data-dir data]
+    python -m npnn.baselines [--datasets poker mnist ...] [--data-dir data] [--out baselines.json]
 
 Trained on the training split with scikit-learn's defaults (logistic regression: more
 iterations), scored on the test split; prints the test error of each.
@@ -8,7 +8,9 @@ iterations), scored on the test split; prints the test error of each.
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -51,7 +53,10 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"one or more of {', '.join(datasets)} (default: poker)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--out", default=None, metavar="JSON",
+                        help="also write {dataset: {model: test error}} here (python -m npnn.figures table2 --baselines)")
     args = parser.parse_args(argv)
+    results: dict[str, dict[str, float]] = {}
     print(f"{'dataset':<20}{'model':<22}{'test error':>11}{'seconds':>9}")
     for name in args.datasets:
         try:
@@ -64,7 +69,13 @@ def main(argv: list[str] | None = None) -> None:
         for model in args.models:
             start = time.time()
             err = baseline_errors(splits, [model])[model]
+            results.setdefault(name, {})[model] = err
             print(f"{name:<20}{model:<22}{100 * err:>10.2f}%{time.time() - start:>9.1f}", flush=True)
+
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -260,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="print a Markdown table of the grid over KEY (e.g. optimizer.alpha): median VCE per setting")
     parser.add_argument("--value", default="val_error", choices=["val_error", "best_val_error"],
                         help="the VCE of --grid: the final network's (default) or the lowest seen at a validation")
+    parser.add_argument("--representative-sizes", action="store_true",
+                        help="print only the representatives' hidden sizes, one per line (a,b,...), by weight count")
     parser.add_argument("--write-picks", metavar="DIR", default=None,
                         help="write the --top parametric settings as DIR/pick/top01.yaml ... for hparams_search=p_seeds")
     args = parser.parse_args(argv)
@@ -271,6 +273,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(1, f"{parser.prog}: no summary.json under {', '.join(args.dirs)}\n")
     if args.out:
         write_table(rows, args.out)
+    if args.representative_sizes:  # for scripts: python train.py ... model.hidden_sizes=[<a line>]
+        picks = sorted((run for run, _ in representatives(rows).values()), key=lambda r: (float(r["weights"]), r["run_dir"]))
+        if not picks:
+            parser.exit(1, f"{parser.prog}: no finished nonparametric run under {', '.join(args.dirs)}\n")
+        print("\n".join(r["hidden_sizes"].replace("-", ",") for r in picks))
+        return
     done = sum(r["stopped_by"] in FINISHED for r in rows)
     print(f"{len(rows)} runs ({done} finished, {len(rows) - done} stopped otherwise)"
           + (f"; table: {args.out}" if args.out else ""))

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Regenerate the paper's tables and figures from real runs (README "Results").
+#
+#   bash reproduce.sh [--quick] [--launcher local|slurm] [--jobs N] [--data-dir DIR] [--runs DIR] [--out DIR]
+#                     [--only STAGE,...] [-- OVERRIDES...]
+#
+# Full mode (the default) runs every stage of sections 4 and 7.4 at the paper's scale through the sweep
+# launchers (README "Results" gives the compute); --quick runs every stage at a reduced scale (fewer seeds,
+# settings and epochs; each stage's reduction is below) in about 20 minutes on a 2-core CPU, offline.
+# Stages: table1 poker fig3 mnist rectangles_images convex. Runs go to --runs (default runs/reproduce or
+# runs/quick), tables and figures to --out (default results or results/quick). Every sweep sets
+# resume_existing=true: launched again, reproduce.sh skips the finished runs and resumes the stopped ones.
+# OVERRIDES after -- go to every train.py call (e.g. -- hydra.launcher.partition=gpu).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+QUICK=0 LAUNCHER=local JOBS=2 DATA=data RUNS="" OUT="" ONLY="" EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --launcher) LAUNCHER="$2"; shift ;;
+    --jobs) JOBS="$2"; shift ;;
+    --data-dir) DATA="$2"; shift ;;
+    --runs) RUNS="$2"; shift ;;
+    --out) OUT="$2"; shift ;;
+    --only) ONLY="$2"; shift ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -h|--help) sed -n '2,15p' "$0" | cut -c3-; exit 0 ;;
+    *) echo "reproduce.sh: unknown argument $1 (see bash reproduce.sh --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+case "$LAUNCHER" in
+  local) LAUNCH=(hydra/launcher=joblib "hydra.launcher.n_jobs=$JOBS")
+         export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" ;;  # one thread per job: JOBS jobs share the cores
+  slurm) LAUNCH=(hydra/launcher=slurm) ;;
+  *) echo "reproduce.sh: --launcher must be local or slurm, got $LAUNCHER" >&2; exit 2 ;;
+esac
+if [ "$QUICK" = 1 ]; then RUNS="${RUNS:-runs/quick}" OUT="${OUT:-results/quick}"
+else RUNS="${RUNS:-runs/reproduce}" OUT="${OUT:-results}"; fi
+mkdir -p "$RUNS" "$OUT"
+COMMON=(data_dir="$DATA" trainer.enable_progress_bar=false resume_existing=true "${EXTRA[@]}")
+SINGLE_THREADS="$JOBS"  # a single run (not a sweep) has the machine to itself
+START=$SECONDS
+
+say() { printf '\n[reproduce %4ds] %s\n' "$((SECONDS - START))" "$*"; }
+wanted() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+sweep() {  # a sweep whose runs partly failed (diverged, chance level) goes on: the picks count them as VCE 1
+  local dir="$1"; shift
+  if ! python train.py -m "$@" "${LAUNCH[@]}" "${COMMON[@]}" hydra.sweep.dir="$dir"; then
+    if [ -z "$(find "$dir" -name summary.json -print -quit 2>/dev/null)" ]; then
+      echo "reproduce.sh: the sweep $dir failed before any of its runs ended (its log is above)" >&2; exit 1
+    fi
+    say "some runs of $dir failed: their summary.json says why (python -m npnn.sweeps $dir)"
+  fi
+}
+single() { local dir="$1"; shift; OMP_NUM_THREADS="$SINGLE_THREADS" python train.py "$@" "${COMMON[@]}" hydra.run.dir="$dir"; }
+sizes() { python -m npnn.sweeps "$@" --representative-sizes | awk '!seen[$0]++'; }  # one line per size: a,b,...
+have_data() {  # loads (downloading if it can) data set $1; prints the loader's message and fails if it cannot
+  python - "$1" "$DATA" <<'EOF'
+import sys
+from npnn.baselines import load_dataset
+try:
+    load_dataset(sys.argv[1], sys.argv[2])
+except Exception as err:
+    print(f"{sys.argv[1]}: {err.__cause__ or err}")
+    sys.exit(1)
+EOF
+}
+# P picks and their seeds (7.4.1 steps 4 and 6): the best $TOP settings of sweep $1 by VCE, $SEEDS seeds each
+picks_and_seeds() {
+  local from="$1" to="$2" picks; picks="$(dirname "$2")/picks/$(basename "$2")"
+  mkdir -p "$picks"
+  python -m npnn.sweeps "$from" --top "$TOP" --write-picks "$picks" > "$picks/picks.txt"
+  local names; names=$(cd "$picks/pick" && ls top*.yaml | sed 's/\.yaml$//' | paste -sd, -)
+  sweep "$to" hparams_search=p_seeds hydra.searchpath="[file://$(cd "$picks" && pwd)]" "+pick=$names" \
+    "seed=range($SEEDS)" "${P_BUDGET[@]}"
+}
+
+# ---------------------------------------------------------------------------------------------- scales
+if [ "$QUICK" = 1 ]; then  # each stage cut down: fewer seeds, settings and epochs (README "Results")
+  T1=(--rounds 5 --steps 3)
+  NP_GRID_POKER=(lambda=1e-3,1e-5 optimizer.alpha_phi=10,100 protocol=none trainer.max_epochs=1)
+  T2_NP=(dataset.patience=2 dataset.anneal_patience=0.5 dataset.max_prune_epochs=3 trainer.max_epochs=12)
+  T2_P=(optimizer.alpha=300,1000,3000 protocol=none trainer.max_epochs=3)
+  F3_NP=(model.growth.until=150 trainer.max_epochs=300)
+  F3_P=(trainer.max_epochs=300)
+  NP_GRID=(lambda=1e-3,3e-4 optimizer.alpha_phi=10,30 protocol=none trainer.max_epochs=20)
+  NP_SEEDS=("seed=range(3)" dataset.patience=20 dataset.anneal_patience=5 trainer.max_epochs=100)
+  P_GRID=(optimizer=sgd,rmsprop,adam optimizer.alpha=30,100,300 model.norm=batchnorm_affine)
+  P_BUDGET=(protocol=none trainer.max_epochs=10)
+  RANDOM_SEARCH=(hydra.sweeper.n_trials=12 "hydra.sweeper.n_jobs=$JOBS")
+  TOP=3 SEEDS=3
+else
+  T1=(--rounds 30 --steps 5)
+  NP_GRID_POKER=() T2_NP=() T2_P=() F3_NP=() F3_P=() NP_GRID=() NP_SEEDS=() P_GRID=() P_BUDGET=() RANDOM_SEARCH=()
+  TOP=10 SEEDS=10
+fi
+
+# ----------------------------------------------------------------------------------- Table 1 (bench)
+if wanted table1; then
+  say "Table 1: optimizer step cost per weight"
+  OMP_NUM_THREADS="$SINGLE_THREADS" python -m npnn.figures table1 "${T1[@]}" --out "$OUT"
+fi
+
+# ----------------------------------------------------------------------------------- Table 2 (poker)
+if wanted poker; then
+  say "Table 2: baselines"
+  OMP_NUM_THREADS="$SINGLE_THREADS" python -m npnn.baselines --datasets poker --data-dir "$DATA" --out "$OUT/baselines.json"
+  say "7.4.2 step 1: the NP grid on poker (lambda x alpha_phi; its choice, alpha_phi = 10, is conf/dataset/poker.yaml's)"
+  sweep "$RUNS/poker/np_grid" hparams_search=np_grid_poker "${NP_GRID_POKER[@]}"
+  python -m npnn.sweeps "$RUNS/poker/np_grid" --grid optimizer.alpha_phi --value best_val_error | tee "$OUT/np_grid_poker.md"
+  say "Table 2: the NP rows (lambda = 1e-3, 1e-5, 1e-6, 1e-7, the protocol to its end)"
+  sweep "$RUNS/poker/np" experiment=table2_np_lambda1e-3,table2_np_lambda1e-5,table2_np_lambda1e-6,table2_np_lambda1e-7 \
+    "${T2_NP[@]}"
+  P_SIZES=$(sizes "$RUNS/poker/np" | sed 's/.*/[&]/' | paste -sd, -)
+  say "7.4.2 step 2: RMSprop P nets at the NP sizes $P_SIZES over the step sizes alpha"
+  sweep "$RUNS/poker/p" hparams_search=p_rmsprop_poker "model.hidden_sizes=$P_SIZES" "${T2_P[@]}"
+  python -m npnn.figures table2 --np "$RUNS/poker/np" --p "$RUNS/poker/p" --baselines "$OUT/baselines.json" --out "$OUT"
+fi
+
+# ------------------------------------------------------------------------------ Figs. 3 and 4 (mnist)
+if wanted fig3; then
+  say "Fig. 3: the NP run (mnist, lambda = 3e-4, alpha_phi = 10)"
+  single "$RUNS/fig3/np" experiment=fig3_mnist "${F3_NP[@]}"
+  F3_SIZES=$(sizes "$RUNS/fig3/np")
+  say "Fig. 3: the P comparisons at the NP run's sizes [$F3_SIZES] (SGD, same step size and lambda; RMSprop alpha = 300)"
+  sweep "$RUNS/fig3/p" model=parametric experiment=fig3_p_sgd,fig3_p_rmsprop "model.hidden_sizes=[$F3_SIZES]" "${F3_P[@]}" \
+    'hydra.sweep.subdir=${hydra:runtime.choices.experiment}'
+  python -m npnn.figures fig3 "$RUNS/fig3/np" --sgd "$RUNS/fig3/p/fig3_p_sgd" --rmsprop "$RUNS/fig3/p/fig3_p_rmsprop" \
+    --out "$OUT"
+fi
+
+# ------------------------------------------------------------------------------ Fig. 2 (per data set)
+fig2_dataset() {  # data set, its Fig. 2 experiments (7.4.1 steps 1-6)
+  local dataset="$1" experiments="$2" dir="$RUNS/$1"
+  if ! have_data "$dataset" > "$RUNS/$dataset.data.txt" 2>&1; then
+    say "Fig. 2, $dataset: SKIPPED, its data cannot be loaded here: $(tail -1 "$RUNS/$dataset.data.txt")"
+    echo "Fig. 2, $dataset: skipped, no data ($(tail -1 "$RUNS/$dataset.data.txt")). Put the data set where" \
+      "README \"Data\" says and run: bash reproduce.sh --only $dataset" > "$OUT/fig2_$dataset.md"
+    return 0
+  fi
+  say "Fig. 2, $dataset, step 1: the NP grid (lambda x alpha_phi; its choice, alpha_phi = 30, is the data set's default)"
+  sweep "$dir/np_grid" hparams_search=np_grid "dataset=$dataset" "${NP_GRID[@]}"
+  python -m npnn.sweeps "$dir/np_grid" --grid optimizer.alpha_phi --value best_val_error | tee "$OUT/np_grid_$dataset.md"
+  say "Fig. 2, $dataset, step 2: NP nets per lambda and seed"
+  sweep "$dir/np" hparams_search=np_seeds "experiment=$experiments" "${NP_SEEDS[@]}"
+  python -m npnn.sweeps "$dir/np" > "$OUT/fig2_${dataset}_representatives.txt"
+  local largest="" s
+  for s in $(sizes "$dir/np"); do
+    say "Fig. 2, $dataset, steps 3-4: P nets of the representative's size [$s]: grid, then the best settings' seeds"
+    sweep "$dir/p_grid_${s//,/-}" hparams_search=p_grid "dataset=$dataset" "model.hidden_sizes=[$s]" "${P_GRID[@]}" \
+      "${P_BUDGET[@]}"
+    picks_and_seeds "$dir/p_grid_${s//,/-}" "$dir/p_seeds_${s//,/-}"
+    largest="$s"
+  done
+  say "Fig. 2, $dataset, steps 5-6: the random search over P settings and sizes (from [$largest]), then its best settings' seeds"
+  sweep "$dir/p_random" hparams_search=p_random "dataset=$dataset" "random_search.base=[$largest]" "${RANDOM_SEARCH[@]}" \
+    "${P_BUDGET[@]}"
+  picks_and_seeds "$dir/p_random" "$dir/random_seeds"
+  python -m npnn.figures fig2 --np "$dir/np" --p "$dir"/p_seeds_* --random "$dir/random_seeds" --datasets "$dataset" \
+    --out "$OUT"
+}
+if wanted mnist; then fig2_dataset mnist fig2_np_mnist_lambda3e-3,fig2_np_mnist_lambda1e-3,fig2_np_mnist_lambda3e-4; fi
+if wanted rectangles_images; then
+  fig2_dataset rectangles_images fig2_np_rectangles_images_lambda3e-5,fig2_np_rectangles_images_lambda1e-6
+fi
+if wanted convex; then fig2_dataset convex fig2_np_convex_lambda1e-5,fig2_np_convex_lambda1e-8; fi
+
+say "done: tables and figures in $OUT, runs in $RUNS"
+ls "$OUT"

@@ -1,0 +1,158 @@
+"""python -m npnn.figures: Fig. 2, Figs. 3-4 and Table 2 from small hand-made run outputs."""
+import json
+
+import pytest
+
+from npnn.figures import (FIG2_STYLE, fig2, fig2_figure, fig2_points, fig3, fig3_figures, lifetimes, main, table2,
+                          tracked_units, tracking_marks)
+from npnn.sweeps import gather
+
+SUMMARY = {"dataset": "mnist", "model": "nonparametric", "norm": "capnorm", "optimizer": "AdaRad", "step_size": 10,
+           "lambda": 3e-4, "seed": 0, "epochs": 4.0, "steps_per_epoch": 10, "wall_time_s": 5.0, "stopped_by": "budget"}
+
+
+def make_run(path, overrides=(), config="", metrics="", units="", lengths="", **summary):
+    """A run directory as train.py leaves it: summary.json, .hydra/ and, if given, the CSV files."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides) or "[]\n")
+    if config:
+        (path / ".hydra" / "config.yaml").write_text(config)
+    sizes = summary.get("hidden_sizes", [1, 1])
+    (path / "summary.json").write_text(json.dumps({**SUMMARY, "hidden_sizes": sizes, **summary}))
+    if metrics:
+        (path / "logs" / "version_0").mkdir(parents=True)
+        (path / "logs" / "version_0" / "metrics.csv").write_text(metrics)
+    for name, text in (("units.csv", units), ("unit_lengths.csv", lengths)):
+        if text:
+            (path / name).write_text(text)
+    return path
+
+
+def np_and_p_sweeps(tmp_path):
+    """NP: one setting, 3 seeds; P at the representative's size: setting A has the better TCE, B the better VCE;
+    the random search: three settings of other sizes."""
+    for seed, (w, tce, sizes) in enumerate([(1000, 0.020, [60, 10]), (1100, 0.025, [66, 11]), (1300, 0.030, [70, 12])]):
+        make_run(tmp_path / "np" / f"seed={seed}", ["experiment=fig2_np_mnist_lambda3e-4", f"seed={seed}"],
+                 seed=seed, weights=w, test_error=tce, val_error=tce, hidden_sizes=sizes)
+    p = dict(model="parametric", norm="batchnorm", optimizer="sgd", step_size=100, hidden_sizes=[66, 11], weights=1100)
+    for seed, (a_vce, a_tce, b_vce, b_tce) in enumerate([(0.05, 0.010, 0.03, 0.060), (0.06, 0.012, 0.04, 0.070)]):
+        make_run(tmp_path / "p" / f"A,seed={seed}", ["+pick=top01", f"seed={seed}"], seed=seed, val_error=a_vce,
+                 test_error=a_tce, **p)
+        make_run(tmp_path / "p" / f"B,seed={seed}", ["+pick=top02", f"seed={seed}"], seed=seed, val_error=b_vce,
+                 test_error=b_tce, **p)
+    make_run(tmp_path / "p" / "C,seed=0", ["+pick=top03", "seed=0"], stopped_by="diverged", val_error=0.9,
+             test_error=0.9, **p)  # a failed run: VCE 1, never the winner
+    for name, vce, w, sizes in [("r1", 0.02, 5000, [300, 40]), ("r2", 0.01, 9000, [500, 90]), ("r3", 0.05, 2000, [90, 30])]:
+        make_run(tmp_path / "random" / name, [f"+pick={name}", "seed=0"], val_error=vce, test_error=vce + 0.001,
+                 **{**p, "hidden_sizes": sizes, "weights": w})
+    return tmp_path
+
+
+def test_fig2_points_are_chosen_by_vce_and_plotted_as_given(tmp_path):
+    np_and_p_sweeps(tmp_path)
+    points = fig2_points(gather([tmp_path / "np"]), gather([tmp_path / "p"]), gather([tmp_path / "random"]), 2)
+    np_point, p_point, *random_points = points
+    assert np_point["kind"] == "nonparametric" and np_point["hidden_sizes"] == "66-11"  # the median run
+    assert (np_point["weights"], np_point["test_error"]) == (1100, 0.025)
+    assert (np_point["tce_min"], np_point["tce_max"], np_point["weights_min"], np_point["weights_max"]) == \
+        (0.020, 0.030, 1000, 1300)
+    assert p_point["setting"] == "+pick=top02"  # the lower median VCE, though A's TCE is lower
+    assert p_point["test_error"] == pytest.approx(0.065) and (p_point["tce_min"], p_point["tce_max"]) == (0.06, 0.07)
+    assert [r["setting"] for r in random_points] == ["+pick=r1", "+pick=r2"]  # the 2 best VCEs, by size
+    fig = fig2_figure(points, "mnist")
+    ax = fig.axes[0]
+    series = {c.get_label(): c.lines[0] for c in ax.containers}
+    black, red, blue = (series[FIG2_STYLE[kind][1]] for kind in ("nonparametric", "parametric", "random"))
+    assert list(black.get_xdata()) == [1100] and list(black.get_ydata()) == [2.5]
+    assert list(red.get_ydata()) == pytest.approx([6.5])
+    assert list(blue.get_xdata()) == [5000, 9000] and list(blue.get_ydata()) == pytest.approx([2.1, 1.1])
+    assert sorted(t.get_text() for t in ax.texts) == ["[300-40]", "[500-90]", "[66-11]", "[66-11]"]
+    assert ax.get_xlabel() == "network size (weights)" and ax.get_ylabel() == "test classification error (%)"
+    written = fig2([tmp_path / "np"], [tmp_path / "p"], [tmp_path / "random"], tmp_path / "out", random_top=2)
+    assert {p.name for p in written} == {"fig2_mnist.png", "fig2_mnist.pdf", "fig2_mnist.md"}
+    assert all(p.stat().st_size > 0 for p in written)
+    table = (tmp_path / "out" / "fig2_mnist.md").read_text()
+    assert "| nonparametric | `experiment=fig2_np_mnist_lambda3e-4` | 66-11 | 1100 | 2.5% | 2% - 3% |" in table
+    assert "144 first-layer units against 694" in table  # the paper's words beside ours
+
+
+CONFIG = "model:\n  start_units: 10\n  hidden_layers: 2\n  growth:\n    until: 40\n"
+METRICS = ("epoch_float,size/layer1,size/layer2,step,train/ce,val/error\n"
+           "1.0,11,11,10,0.5,0.30\n2.0,12,11,20,0.3,0.20\n3.0,12,10,30,0.2,0.15\n4.0,11,10,40,0.1,0.10\n")
+
+
+def fig3_runs(tmp_path):
+    """An NP run of 4 epochs (10 steps each): layer 1 starts with units 0-3 and gains 10-14, layer 2 starts with
+    20-23; units 1, 10 and 11 die."""
+    units = "id,layer,birth,death\n" + "".join(f"{i},1,0,{'15' if i == 1 else ''}\n" for i in range(4)) + \
+        "10,1,5,25\n11,1,12,30\n12,1,20,\n13,1,31,\n14,1,35,\n" + "".join(f"{i},2,0,\n" for i in range(20, 24))
+    lengths = "step,epoch,layer,id,fan_in,fan_out\n" + "".join(
+        f"{s},{s / 10:.4f},{layer},{uid},{0.1 * uid + s / 100:.4f},{0.2 * uid:.4f}\n"
+        for s in (10, 20, 30, 40) for layer, uid in [(1, 0), (1, 2), (1, 3), (1, 10), (1, 12), (1, 13), (1, 14), (2, 20)])
+    np_run = make_run(tmp_path / "np", config=CONFIG, metrics=METRICS, units=units, lengths=lengths,
+                      hidden_sizes=[11, 10])
+    p_metrics = "epoch_float,step,train/ce,val/error\n1.0,10,0.4,0.12\n2.0,20,0.01,0.08\n"
+    sgd = make_run(tmp_path / "sgd", metrics=p_metrics, model="parametric", optimizer="sgd", hidden_sizes=[11, 10])
+    rms = make_run(tmp_path / "rms", metrics=p_metrics.replace("0.08", "0.05"), model="parametric",
+                   optimizer="rmsprop", step_size=300, **{"lambda": 0.0}, hidden_sizes=[11, 10])
+    return np_run, sgd, rms
+
+
+def test_fig3_and_fig4_plot_the_runs_units_and_lengths(tmp_path):
+    np_run, sgd, rms = fig3_runs(tmp_path)
+    assert tracking_marks(1000) == [0, 25, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]
+    assert sorted(lifetimes(np_run, 1)) == sorted([(0.0, 4.0, True), (0.0, 1.5, False), (0.0, 4.0, True), (0.0, 4.0, True),
+                                                  (0.5, 2.0, False), (1.2, 1.8, False), (2.0, 2.0, True),
+                                                  (3.1, 0.9, True), (3.5, 0.5, True)])
+    dark, light = tracked_units(np_run, 1, until=40)
+    assert len(dark) == 3 + 3 and set(dark[:3]) <= {0, 1, 2, 3}  # 3 initial units, then the first added at or
+    assert dark[3:] == [10, 11, 12] and light == [14, 13]      # after epochs 0, 1, 2 (4, 8, ...: none); late survivors
+    fig, fig4 = fig3_figures(np_run, sgd, rms, paper_sizes=(193, 36))
+    a, b, c, d, e, f = fig.axes
+    assert [list(line.get_ydata()) for line in a.lines] == [[30.0, 20.0, 15.0, 10.0], [12.0, 8.0], [12.0, 5.0]]
+    assert list(b.lines[0].get_ydata()) == [0.5, 0.3, 0.2, 0.1] and b.get_yscale() == "log"
+    assert [list(line.get_ydata()) for line in c.lines[:2]] == [[11, 12, 12, 11], [11, 11, 10, 10]]
+    assert [line.get_ydata()[0] for line in c.lines[2:]] == [193, 36]  # the paper's final sizes, dashed
+    segments = {label: sorted((seg[0][0], seg[1][1]) for seg in coll.get_segments())
+                for coll in d.collections for label in [coll.get_label()]}
+    assert segments["eliminated (3)"] == [(0.0, 1.5), (0.5, 2.0), (1.2, 1.8)]
+    assert segments["survived to the end (6)"] == [(0.0, 4.0)] * 3 + [(2.0, 2.0), (3.1, 0.9), (3.5, 0.5)]
+    unit12_fan_in = [round(0.1 * 12 + s / 100, 4) for s in (10, 20, 30, 40)]
+    assert unit12_fan_in in [list(line.get_ydata()) for line in e.lines]
+    dark2, _ = tracked_units(np_run, 2, until=40)  # 3 of layer 2's 4 initial units; only unit 20 has lengths
+    assert [list(line.get_ydata()) for line in f.lines] == ([[2.1, 2.2, 2.3, 2.4], [4.0] * 4] if 20 in dark2 else [])
+    for ax in fig.axes + fig4.axes:
+        assert ax.get_xlabel() and ax.get_ylabel() and ax.get_legend() is not None
+    fig4_segments = sorted((s[0][0], s[1][1]) for coll in fig4.axes[0].collections for s in coll.get_segments())
+    assert fig4_segments == [(0.0, 4.0)] * 4
+    written = fig3(np_run, sgd, rms, tmp_path / "out")
+    assert {p.name for p in written} == {"fig3.png", "fig3.pdf", "fig4.png", "fig4.pdf", "fig3.md", "fig4.md"}
+    assert all(p.stat().st_size > 0 for p in written)
+    assert "| final hidden sizes | 193-36 | 11-10 |" in (tmp_path / "out" / "fig3.md").read_text()
+
+
+def test_table2_puts_the_lowest_vce_p_run_of_each_size_beside_the_papers_row(tmp_path):
+    make_run(tmp_path / "np" / "a", ["experiment=table2_np_lambda1e-3"], config=CONFIG.replace("2\n", "4\n"),
+             dataset="poker", **{"lambda": 1e-3}, hidden_sizes=[30, 20, 15, 5], weights=900, test_error=0.0062,
+             val_error=0.006, epochs=60.4, wall_time_s=300, stopped_by="protocol")
+    for alpha, vce, tce in [(300, 0.002, 0.003), (1000, 0.001, 0.004), (3000, 0.5, 0.5)]:
+        make_run(tmp_path / "p" / f"alpha={alpha}", [f"optimizer.alpha={alpha}"], dataset="poker",
+                 **{"model": "parametric", "optimizer": "rmsprop", "step_size": alpha, "lambda": 0.0},
+                 hidden_sizes=[30, 20, 15, 5], weights=900, val_error=vce, test_error=tce, epochs=30.0)
+    (tmp_path / "baselines.json").write_text(json.dumps({"poker": {"logistic_regression": 0.488, "decision_tree": 0.27}}))
+    text = table2([tmp_path / "np"], [tmp_path / "p"], tmp_path / "baselines.json", tmp_path / "out")
+    assert (tmp_path / "out" / "table2.md").read_text() == text
+    assert "| logistic regression | | | | 48.8% | | | 49.9% (the paper's) |" in text
+    assert "| decision tree | | | | 27% | | | 26.8% (OpenML) |" in text
+    assert "| nonparametric | 0.001 | 10-10-10-10 | 30-20-15-5 | 0.62% | 60.4 | 300 s | 23-24-15-4, 0.62% |" in text
+    # alpha = 1000 has the lowest VCE (its TCE is not the lowest); the paper's P row of the lambda = 1e-3 size
+    assert "| parametric, RMSprop alpha = 1000 (lowest VCE of 3) | | 30-20-15-5 | unchanged | 0.4% | 30.0 | 5 s | 0.20% |" in text
+
+
+def test_the_figures_command_names_a_missing_directory_and_an_empty_one(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["fig2", "--np", str(tmp_path / "nowhere")])
+    assert stop.value.code == 2 and "no such directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["fig2", "--np", str(tmp_path)])
+    assert stop.value.code == 1 and "no finished nonparametric run" in capsys.readouterr().err
