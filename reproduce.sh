@@ -82,14 +82,14 @@ if [ "$QUICK" = 1 ]; then  # each stage cut down: fewer seeds, settings and epoc
   T1=(--rounds 5 --steps 3)
   NP_GRID_POKER=(lambda=1e-3,1e-5 optimizer.alpha_phi=10,100 protocol=none trainer.max_epochs=1)
   T2_NP=(dataset.patience=2 dataset.anneal_patience=0.5 dataset.max_prune_epochs=3 trainer.max_epochs=12)
-  T2_P=(optimizer.alpha=300,1000,3000 protocol=none trainer.max_epochs=3)
-  F3_NP=(model.growth.until=150 trainer.max_epochs=300)
-  F3_P=(trainer.max_epochs=300)
+  T2_P=(optimizer.alpha=300,1000,3000 protocol=none trainer.max_epochs=2)
+  F3_NP=(model.growth.until=100 trainer.max_epochs=200)
+  F3_P=(trainer.max_epochs=200)
   NP_GRID=(lambda=1e-3,3e-4 optimizer.alpha_phi=10,30 protocol=none trainer.max_epochs=20)
   NP_SEEDS=("seed=range(3)" dataset.patience=20 dataset.anneal_patience=5 trainer.max_epochs=100)
-  P_GRID=(optimizer=sgd,rmsprop,adam optimizer.alpha=30,100,300 model.norm=batchnorm_affine)
+  P_GRID=(optimizer=sgd,rmsprop,adam optimizer.alpha=100,300 model.norm=batchnorm_affine)
   P_BUDGET=(protocol=none trainer.max_epochs=10)
-  RANDOM_SEARCH=(hydra.sweeper.n_trials=12 "hydra.sweeper.n_jobs=$JOBS")
+  RANDOM_SEARCH=(hydra.sweeper.n_trials=8 "hydra.sweeper.n_jobs=$JOBS")
   TOP=3 SEEDS=3
 else
   T1=(--rounds 30 --steps 5)
@@ -109,7 +109,7 @@ if wanted poker; then
   OMP_NUM_THREADS="$SINGLE_THREADS" python -m npnn.baselines --datasets poker --data-dir "$DATA" --out "$OUT/baselines.json"
   say "7.4.2 step 1: the NP grid on poker (lambda x alpha_phi; its choice, alpha_phi = 10, is conf/dataset/poker.yaml's)"
   sweep "$RUNS/poker/np_grid" hparams_search=np_grid_poker "${NP_GRID_POKER[@]}"
-  python -m npnn.sweeps "$RUNS/poker/np_grid" --grid optimizer.alpha_phi --value best_val_error | tee "$OUT/np_grid_poker.md"
+  python -m npnn.sweeps "$RUNS/poker/np_grid" --grid optimizer.alpha_phi --value best_val_error | sed -n "/^All runs/,\$p" | tee "$OUT/np_grid_poker.md"
   say "Table 2: the NP rows (lambda = 1e-3, 1e-5, 1e-6, 1e-7, the protocol to its end)"
   sweep "$RUNS/poker/np" experiment=table2_np_lambda1e-3,table2_np_lambda1e-5,table2_np_lambda1e-6,table2_np_lambda1e-7 \
     "${T2_NP[@]}"
@@ -142,7 +142,7 @@ fig2_dataset() {  # data set, its Fig. 2 experiments (7.4.1 steps 1-6)
   fi
   say "Fig. 2, $dataset, step 1: the NP grid (lambda x alpha_phi; its choice, alpha_phi = 30, is the data set's default)"
   sweep "$dir/np_grid" hparams_search=np_grid "dataset=$dataset" "${NP_GRID[@]}"
-  python -m npnn.sweeps "$dir/np_grid" --grid optimizer.alpha_phi --value best_val_error | tee "$OUT/np_grid_$dataset.md"
+  python -m npnn.sweeps "$dir/np_grid" --grid optimizer.alpha_phi --value best_val_error | sed -n "/^All runs/,\$p" | tee "$OUT/np_grid_$dataset.md"
   say "Fig. 2, $dataset, step 2: NP nets per lambda and seed"
   sweep "$dir/np" hparams_search=np_seeds "experiment=$experiments" "${NP_SEEDS[@]}"
   python -m npnn.sweeps "$dir/np" > "$OUT/fig2_${dataset}_representatives.txt"

@@ -72,7 +72,9 @@ def test_fig2_points_are_chosen_by_vce_and_plotted_as_given(tmp_path):
     assert {p.name for p in written} == {"fig2_mnist.png", "fig2_mnist.pdf", "fig2_mnist.md"}
     assert all(p.stat().st_size > 0 for p in written)
     table = (tmp_path / "out" / "fig2_mnist.md").read_text()
-    assert "| nonparametric | `experiment=fig2_np_mnist_lambda3e-4` | 66-11 | 1100 | 2.5% | 2% - 3% |" in table
+    assert f"| nonparametric | lambda = 0.0003 | 66-11 | 1100 | 2.5% | 2% - 3% | 2.5% | 3 | `{tmp_path / 'np' / 'seed=1'}` |" \
+        in table
+    assert "| parametric | sgd, alpha = 100, batchnorm | 66-11 | 1100 | 6.5% | 6% - 7% | 3.5% | 2 | - |" in table
     assert "144 first-layer units against 694" in table  # the paper's words beside ours
 
 
@@ -156,3 +158,40 @@ def test_the_figures_command_names_a_missing_directory_and_an_empty_one(tmp_path
     with pytest.raises(SystemExit) as stop:
         main(["fig2", "--np", str(tmp_path)])
     assert stop.value.code == 1 and "no finished nonparametric run" in capsys.readouterr().err
+
+
+def test_representative_sizes_are_printed_for_scripts_by_weight_count(tmp_path, capsys):
+    from npnn.sweeps import main as sweeps_main
+
+    for seed, w in enumerate([900, 1000, 1100]):  # lambda = 3e-4: the median run is seed 1
+        make_run(tmp_path / f"a{seed}", ["lambda=3e-4", f"seed={seed}"], seed=seed, weights=w, test_error=0.02,
+                 val_error=0.02, hidden_sizes=[60 + seed, 10])
+    make_run(tmp_path / "b", ["lambda=3e-3"], weights=400, test_error=0.03, val_error=0.03, hidden_sizes=[25, 8])
+    make_run(tmp_path / "c", ["lambda=1e-2"], weights=100, stopped_by="diverged", hidden_sizes=[5, 5])
+    sweeps_main([str(tmp_path), "--representative-sizes"])
+    assert capsys.readouterr().out == "25,8\n61,10\n"  # the diverged run has no representative
+
+
+def test_baselines_write_their_test_errors_for_table2(tmp_path, capsys):
+    from npnn.baselines import main as baselines_main
+
+    out = tmp_path / "results" / "baselines.json"
+    baselines_main(["--datasets", "synthetic", "--models", "naive_bayes", "decision_tree", "--data-dir",
+                    str(tmp_path), "--out", str(out)])
+    errors = json.loads(out.read_text())["synthetic"]
+    assert set(errors) == {"naive_bayes", "decision_tree"} and all(0.0 <= e < 0.5 for e in errors.values())
+    printed = capsys.readouterr().out
+    assert f"{100 * errors['decision_tree']:.2f}%" in printed and f"wrote {out}" in printed
+
+
+@pytest.mark.parametrize("args, message", [(["--launcher", "pbs"], "--launcher must be local or slurm, got pbs"),
+                                           (["--fast"], "unknown argument --fast")])
+def test_reproduce_sh_refuses_bad_arguments_before_it_runs_anything(tmp_path, args, message):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "reproduce.sh"
+    run = subprocess.run(["bash", str(script), *args, "--runs", str(tmp_path / "runs")], capture_output=True, text=True)
+    assert run.returncode == 2 and message in run.stderr and not (tmp_path / "runs").exists()
+    usage = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
+    assert usage.returncode == 0 and "bash reproduce.sh [--quick]" in usage.stdout

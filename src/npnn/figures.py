@@ -120,7 +120,8 @@ def _point(kind: str, runs: list[dict[str, Any]], representative: dict[str, Any]
             "test_error": float(ref["test_error"]) if representative else statistics.median(tce),
             "tce_min": min(tce), "tce_max": max(tce), "weights_min": min(weights), "weights_max": max(weights),
             "val_error": statistics.median(float(r["val_error"]) for r in runs) if median_vce is None else median_vce,
-            "run_dir": ref["run_dir"]}
+            "run_dir": ref["run_dir"], "what": f"lambda = {float(ref['lambda']):g}" if kind == "nonparametric" else
+            f"{ref['optimizer']}, alpha = {float(ref['step_size']):g}, {ref['norm']}"}
 
 
 def fig2_points(np_rows: list[dict[str, Any]], p_rows: list[dict[str, Any]] = (),
@@ -151,6 +152,7 @@ def fig2_figure(points: list[dict[str, Any]], dataset: str):
     """The matplotlib figure of Fig. 2 from :func:`fig2_points`: one errorbar series per kind (NP black, P grid red,
     random search blue); x the weights (NP: the range over seeds too), y the TCE in % with its range."""
     from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.ticker import FuncFormatter  # noqa: PLC0415
 
     fig = Figure(figsize=(7, 5), layout="constrained")
     ax = fig.add_subplot()
@@ -164,8 +166,16 @@ def fig2_figure(points: list[dict[str, Any]], dataset: str):
         ax.errorbar(x, y, yerr=yerr, xerr=xerr, fmt="s", ms=5, color=colour, capsize=3, lw=1, label=label)
         for p, xi, yi in zip(group, x, y):  # the hidden sizes in brackets, below (NP) or above (P)
             ax.annotate(f"[{p['hidden_sizes']}]", (xi, yi), textcoords="offset points", ha="center", fontsize=7,
-                        xytext=(0, -13 if kind == "nonparametric" else 7), color=colour)
+                        xytext=(0, -13 if kind == "nonparametric" else 7), color=colour,
+                        bbox={"fc": "white", "ec": "none", "alpha": 0.7, "pad": 0.3})
     ax.set_xscale("log")
+    def thousands(v, _=None, minor=False):  # 20k, 50k, 100k, 200k; no label on the other minor ticks
+        if v <= 0 or (minor and round(v / 10 ** math.floor(math.log10(v))) not in (2, 5)):
+            return ""
+        return f"{v / 1000:g}k" if v >= 1000 else f"{v:g}"
+
+    ax.xaxis.set_major_formatter(FuncFormatter(thousands))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: thousands(v, minor=True)))
     ax.set_xlabel("network size (weights)")
     ax.set_ylabel("test classification error (%)")
     ax.set_title(f"Fig. 2, {dataset}: test error against network size")
@@ -194,11 +204,13 @@ def fig2(np_dirs, p_dirs=(), random_dirs=(), out: str | Path = "results", datase
         lines = [f"# Fig. 2, {dataset}: test error against network size", "",
                  "NP: the representative run of each setting (closest to the median weights and TCE of its seeds); "
                  "P: the median over the seeds of the setting with the lowest median VCE (nothing chosen on test error).",
-                 "", "| kind | setting | hidden sizes | weights | TCE | TCE range | median VCE | seeds |", "|---" * 8 + "|"]
+                 "", "| kind | setting | hidden sizes | weights | TCE | TCE range | median VCE | seeds | representative run |",
+                 "|---" * 9 + "|"]
         for p in points:
-            lines.append(f"| {p['kind']} | `{p['setting'] or '-'}` | {p['hidden_sizes']} | {p['weights']:.0f} | "
+            run = f"`{p['run_dir']}`" if p["kind"] == "nonparametric" else "-"
+            lines.append(f"| {p['kind']} | {p['what']} | {p['hidden_sizes']} | {p['weights']:.0f} | "
                          f"{_pct(p['test_error'])} | {_pct(p['tce_min'])} - {_pct(p['tce_max'])} | "
-                         f"{_pct(p['val_error'])} | {p['runs']} |")
+                         f"{_pct(p['val_error'])} | {p['runs']} | {run} |")
         lines += ["", f"The paper (section 4.1, a figure without a table): {PAPER_FIG2.get(dataset, '-')}"]
         (out / f"fig2_{dataset}.md").write_text("\n".join(lines) + "\n")
         written.append(out / f"fig2_{dataset}.md")
@@ -336,7 +348,8 @@ def fig3_figures(np_run: str | Path, sgd_run: str | Path | None = None, rmsprop_
     for ax, title, ylabel in ((a, "(A) validation error", "validation classification error (%)"),
                               (b, "(B) training cross-entropy", "train cross-entropy (nats)")):
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.5, 2, 10: not 5 x 10^-1
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # 0.5, 2, 10: not 5 x 10^-1
+            axis(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set(title=title, xlabel="epoch", ylabel=ylabel)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -367,7 +380,7 @@ def fig3_figures(np_run: str | Path, sgd_run: str | Path | None = None, rmsprop_
                            Line2D([], [], color="#8fb3e8", label="fan-in, late survivor"),
                            Line2D([], [], color="#f2a0a0", label="fan-out, late survivor")], fontsize=7)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Fig. 3: {np_run.name}")
+    fig.suptitle(f"Fig. 3: {_summary(np_run).get('dataset', '')} NP run {np_run}")
     fig4 = Figure(figsize=(7, 4.5), layout="constrained")
     _draw_lifetimes(fig4.add_subplot(), np_run, 2, f"Fig. 4: lifetimes of layer 2's units ({np_run.name})")
     return fig, fig4
