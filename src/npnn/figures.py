@@ -165,7 +165,7 @@ def fig2_figure(points: list[dict[str, Any]], dataset: str):
         xerr = [[xi - p["weights_min"] for p, xi in zip(group, x)], [p["weights_max"] - xi for p, xi in zip(group, x)]]
         ax.errorbar(x, y, yerr=yerr, xerr=xerr, fmt="s", ms=5, color=colour, capsize=3, lw=1, label=label)
         for p, xi, yi in zip(group, x, y):  # the hidden sizes in brackets, below (NP) or above (P)
-            ax.annotate(f"[{p['hidden_sizes']}]", (xi, yi), textcoords="offset points", ha="center", fontsize=7,
+            ax.annotate(f"[{p['hidden_sizes']}]", (xi, yi), textcoords="offset points", ha="center", fontsize=8,
                         xytext=(0, -13 if kind == "nonparametric" else 7), color=colour,
                         bbox={"fc": "white", "ec": "none", "alpha": 0.7, "pad": 0.3})
     ax.set_xscale("log")
@@ -179,7 +179,7 @@ def fig2_figure(points: list[dict[str, Any]], dataset: str):
     ax.set_xlabel("network size (weights)")
     ax.set_ylabel("test classification error (%)")
     ax.set_title(f"Fig. 2, {dataset}: test error against network size")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     ax.margins(x=0.15, y=0.15)
     return fig
@@ -236,10 +236,12 @@ def _series(run_dir: Path, key: str, scale: float = 1.0) -> tuple[list[float], l
 
 def _label(run_dir: Path) -> str:
     s = _summary(run_dir)
+    if not s:
+        return Path(run_dir).name
+    sizes = "-".join(map(str, s.get("hidden_sizes") or []))
     if s.get("model") == "nonparametric":
-        return f"NP {s.get('hidden_sizes')}, {s.get('optimizer')}, alpha_phi = {s.get('step_size'):g}, lambda = {s.get('lambda'):g}"
-    return (f"P {s.get('hidden_sizes')}, {s.get('optimizer')} {s.get('norm')}, alpha = {s.get('step_size'):g}, "
-            f"lambda = {s.get('lambda'):g}") if s else Path(run_dir).name
+        return f"NP {sizes}, {s.get('optimizer')}, alpha_phi {s.get('step_size'):g}, lambda {s.get('lambda'):g}"
+    return f"P {sizes}, {s.get('optimizer')}, alpha {s.get('step_size'):g}, lambda {s.get('lambda'):g} ({s.get('norm')})"
 
 
 def _units(run_dir: Path) -> list[dict[str, Any]]:
@@ -314,7 +316,7 @@ def _draw_lifetimes(ax, run_dir: Path, layer: int, title: str) -> None:
     ax.set_xlabel("epoch the unit was added")
     ax.set_ylabel("epochs present")
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 
 
@@ -339,7 +341,7 @@ def fig3_figures(np_run: str | Path, sgd_run: str | Path | None = None, rmsprop_
 
     np_run = Path(np_run)
     runs = [(np_run, "black"), *((Path(r), c) for r, c in ((sgd_run, "tab:red"), (rmsprop_run, "tab:blue")) if r)]
-    fig = Figure(figsize=(12, 12), layout="constrained")
+    fig = Figure(figsize=(10, 11), layout="constrained")
     (a, b), (c, d), (e, f) = fig.subplots(3, 2)
     for run, colour in runs:
         a.plot(*_series(run, "val/error", 100.0), color=colour, lw=1, label=_label(run))
@@ -348,11 +350,13 @@ def fig3_figures(np_run: str | Path, sgd_run: str | Path | None = None, rmsprop_
     for ax, title, ylabel in ((a, "(A) validation error", "validation classification error (%)"),
                               (b, "(B) training cross-entropy", "train cross-entropy (nats)")):
         ax.set_yscale("log")
-        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # 0.5, 2, 10: not 5 x 10^-1
-            axis(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.01, 10: not 10^-2
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         ax.set(title=title, xlabel="epoch", ylabel=ylabel)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    a.yaxis.set_minor_formatter(FuncFormatter(  # the VCE spans about a decade: 2, 3 and 5 labelled too
+        lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 3, 5) else ""))
     metrics = [r for r in read_metrics(np_run) if "epoch_float" in r and "size/layer1" in r]
     layers = sorted({k for r in metrics for k in r if k.startswith("size/layer")}, key=lambda k: int(k[10:]))
     for layer, colour in zip(layers, ("tab:blue", "tab:orange", "tab:green", "tab:purple")):
@@ -360,7 +364,7 @@ def fig3_figures(np_run: str | Path, sgd_run: str | Path | None = None, rmsprop_
     for size, colour in zip(paper_sizes or (), ("tab:blue", "tab:orange")):
         c.axhline(size, color=colour, ls="--", lw=0.8, label=f"the paper's final size, {size}")
     c.set(title="(C) hidden sizes (NP run)", xlabel="epoch", ylabel="hidden units")
-    c.legend(fontsize=7)
+    c.legend(fontsize=8)
     c.grid(alpha=0.3)
     _draw_lifetimes(d, np_run, 1, "(D) lifetimes of layer 1's units")
     config = _run_config(np_run)
@@ -378,11 +382,11 @@ def fig3_figures(np_run: str | Path, sgd_run: str | Path | None = None, rmsprop_
                xlabel="epoch", ylabel="length (l2 norm)")
         ax.legend(handles=[Line2D([], [], color="#1f4e9c", label="fan-in"), Line2D([], [], color="#b22222", label="fan-out"),
                            Line2D([], [], color="#8fb3e8", label="fan-in, late survivor"),
-                           Line2D([], [], color="#f2a0a0", label="fan-out, late survivor")], fontsize=7)
+                           Line2D([], [], color="#f2a0a0", label="fan-out, late survivor")], fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(f"Fig. 3: {_summary(np_run).get('dataset', '')} NP run {np_run}")
     fig4 = Figure(figsize=(7, 4.5), layout="constrained")
-    _draw_lifetimes(fig4.add_subplot(), np_run, 2, f"Fig. 4: lifetimes of layer 2's units ({np_run.name})")
+    _draw_lifetimes(fig4.add_subplot(), np_run, 2, f"Fig. 4: lifetimes of layer 2's units, NP run {np_run}")
     return fig, fig4
 
 
