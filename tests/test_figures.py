@@ -107,8 +107,8 @@ def test_fig3_and_fig4_plot_the_runs_units_and_lengths(tmp_path):
                                                   (0.5, 2.0, False), (1.2, 1.8, False), (2.0, 2.0, True),
                                                   (3.1, 0.9, True), (3.5, 0.5, True)])
     dark, light = tracked_units(np_run, 1, until=40)
-    assert len(dark) == 3 + 3 and set(dark[:3]) <= {0, 1, 2, 3}  # 3 initial units, then the first added at or
-    assert dark[3:] == [10, 11, 12] and light == [14, 13]      # after epochs 0, 1, 2 (4, 8, ...: none); late survivors
+    assert len(dark) == 3 + 4 and set(dark[:3]) <= {0, 1, 2, 3}  # 3 initial units, then the one added nearest
+    assert dark[3:] == [10, 11, 12, 14] and light == [13]      # epochs 0, 1, 2, 4 (8, 12, ...: none within an epoch)
     fig, fig4 = fig3_figures(np_run, sgd, rms, paper_sizes=(193, 36))
     a, b, c, d, e, f = fig.axes
     assert [list(line.get_ydata()) for line in a.lines] == [[30.0, 20.0, 15.0, 10.0], [12.0, 8.0], [12.0, 5.0]]
@@ -130,10 +130,14 @@ def test_fig3_and_fig4_plot_the_runs_units_and_lengths(tmp_path):
     written = fig3(np_run, sgd, rms, tmp_path / "out")
     assert {p.name for p in written} == {"fig3.png", "fig3.pdf", "fig4.png", "fig4.pdf", "fig3.md", "fig4.md"}
     assert all(p.stat().st_size > 0 for p in written)
-    assert "| final hidden sizes | 193-36 | 11-10 |" in (tmp_path / "out" / "fig3.md").read_text()
+    md = (tmp_path / "out" / "fig3.md").read_text()
+    assert "| final hidden sizes | 193-36 | 11-10 |" in md and "| units ever / alive at the end | - | layer 1: 9 / 6," in md
 
 
 def test_table2_puts_the_lowest_vce_p_run_of_each_size_beside_the_papers_row(tmp_path):
+    make_run(tmp_path / "np" / "b", ["experiment=table2_np_lambda1e-7"], dataset="poker", **{"lambda": 1e-7},
+             hidden_sizes=[90, 80, 70, 60], weights=9e4, test_error=0.5, val_error=0.5, epochs=3.0, wall_time_s=40,
+             stopped_by="chance_level")  # a failed row stays in the table
     make_run(tmp_path / "np" / "a", ["experiment=table2_np_lambda1e-3"], config=CONFIG.replace("2\n", "4\n"),
              dataset="poker", **{"lambda": 1e-3}, hidden_sizes=[30, 20, 15, 5], weights=900, test_error=0.0062,
              val_error=0.006, epochs=60.4, wall_time_s=300, stopped_by="protocol")
@@ -147,6 +151,7 @@ def test_table2_puts_the_lowest_vce_p_run_of_each_size_beside_the_papers_row(tmp
     assert "| logistic regression | | | | 48.8% | | | 49.9% (the paper's) |" in text
     assert "| decision tree | | | | 27% | | | 26.8% (OpenML) |" in text
     assert "| nonparametric | 0.001 | 10-10-10-10 | 30-20-15-5 | 0.62% | 60.4 | 300 s | 23-24-15-4, 0.62% |" in text
+    assert "| nonparametric: failed (chance_level) | 1e-07 | | 90-80-70-60 | - | 3.0 | 40 s | 299-258-259-129, 0% |" in text
     # alpha = 1000 has the lowest VCE (its TCE is not the lowest); the paper's P row of the lambda = 1e-3 size
     assert "| parametric, RMSprop alpha = 1000 (lowest VCE of 3) | | 30-20-15-5 | unchanged | 0.4% | 30.0 | 5 s | 0.20% |" in text
 

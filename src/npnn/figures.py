@@ -139,9 +139,9 @@ def fig2_points(np_rows: list[dict[str, Any]], p_rows: list[dict[str, Any]] = ()
     p_rows = [r for r in p_rows if r["model"] == "parametric"]
     for sizes in {r["hidden_sizes"] for r in p_rows}:
         same = [r for r in p_rows if r["hidden_sizes"] == sizes]
-        for key, vce, _ in best_settings(same, 1):
-            if finished(same, key):
-                points.append(_point("parametric", finished(same, key), median_vce=vce))
+        ranked = [(key, vce) for key, vce, _ in best_settings(same, len(same)) if finished(same, key)]
+        if ranked:  # the lowest median VCE among the settings with a finished seed
+            points.append(_point("parametric", finished(same, ranked[0][0]), median_vce=ranked[0][1]))
     for key, vce, _ in best_settings(list(random_rows), random_top):
         if finished(random_rows, key):
             points.append(_point("random", finished(random_rows, key), median_vce=vce))
@@ -202,8 +202,9 @@ def fig2(np_dirs, p_dirs=(), random_dirs=(), out: str | Path = "results", datase
         fig = fig2_figure(points, dataset)
         written += _save(fig, out / f"fig2_{dataset}")
         lines = [f"# Fig. 2, {dataset}: test error against network size", "",
-                 "NP: the representative run of each setting (closest to the median weights and TCE of its seeds); "
-                 "P: the median over the seeds of the setting with the lowest median VCE (nothing chosen on test error).",
+                 "NP: the representative run of each setting, the run closest to the median weights and TCE of its "
+                 "seeds (7.4.1 step 2: the only choice that reads the TCE, as in the paper); P: the median over the "
+                 "seeds of the setting with the lowest median VCE.",
                  "", "| kind | setting | hidden sizes | weights | TCE | TCE range | median VCE | seeds | representative run |",
                  "|---" * 9 + "|"]
         for p in points:
@@ -238,10 +239,13 @@ def _label(run_dir: Path) -> str:
     s = _summary(run_dir)
     if not s:
         return Path(run_dir).name
-    sizes = "-".join(map(str, s.get("hidden_sizes") or []))
+    def g(value):
+        return f"{value:g}" if isinstance(value, (int, float)) else "?"
+
+    sizes, step, lam = "-".join(map(str, s.get("hidden_sizes") or [])), g(s.get("step_size")), g(s.get("lambda"))
     if s.get("model") == "nonparametric":
-        return f"NP {sizes}, {s.get('optimizer')}, alpha_phi {s.get('step_size'):g}, lambda {s.get('lambda'):g}"
-    return f"P {sizes}, {s.get('optimizer')}, alpha {s.get('step_size'):g}, lambda {s.get('lambda'):g} ({s.get('norm')})"
+        return f"NP {sizes}, {s.get('optimizer')}, alpha_phi {step}, lambda {lam}"
+    return f"P {sizes}, {s.get('optimizer')}, alpha {step}, lambda {lam} ({s.get('norm')})"
 
 
 def _units(run_dir: Path) -> list[dict[str, Any]]:
@@ -275,8 +279,9 @@ def tracking_marks(until: float) -> list[float]:
 
 
 def tracked_units(run_dir: str | Path, layer: int, until: float | None = None, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Fig. 3 E/F's units of hidden layer ``layer``: (dark) 3 random initial units and the first unit added at
-    or after each of :func:`tracking_marks`, and (light) the 3 latest-added units that survived to the end."""
+    """Fig. 3 E/F's units of hidden layer ``layer``: (dark) 3 random initial units and the unit added nearest
+    each of :func:`tracking_marks` (within an epoch: growth until epoch 1000 adds its last unit at 999), and
+    (light) the 3 latest-added units that survived to the end."""
     run_dir = Path(run_dir)
     per_epoch = steps_per_epoch(run_dir)
     units = sorted((u for u in _units(run_dir) if u["layer"] == layer), key=lambda u: (u["birth"], u["id"]))
@@ -285,10 +290,10 @@ def tracked_units(run_dir: str | Path, layer: int, until: float | None = None, s
     if until is None:
         until = added[-1]["birth"] / per_epoch if added else 0.0
     dark = sorted(random.Random(seed).sample(initial, min(3, len(initial))))
-    for mark in tracking_marks(until):
-        first = next((u["id"] for u in added if u["birth"] >= mark * per_epoch and u["id"] not in dark), None)
-        if first is not None:
-            dark.append(first)
+    for mark in tracking_marks(until):  # the unit added nearest the mark, if one was within an epoch of it
+        near = [u for u in added if abs(u["birth"] - mark * per_epoch) <= per_epoch and u["id"] not in dark]
+        if near:
+            dark.append(min(near, key=lambda u: (abs(u["birth"] - mark * per_epoch), u["birth"]))["id"])
     light = [u["id"] for u in reversed(added) if u["death"] is None and u["id"] not in dark][:3]
     return dark, light
 
@@ -401,7 +406,8 @@ def _fig3_tables(np_run: Path, p_runs: list[Path], out: Path) -> list[Path]:
              f"| final hidden sizes | {'-'.join(map(str, PAPER_FIG3['sizes']))} | {'-'.join(map(str, s.get('hidden_sizes', [])))} |",
              f"| first elimination | {PAPER_FIG3['first_elimination']} | {cells('first_elimination', lambda v: f'epoch {v:.1f}')} |",
              f"| lifetime of eliminated units, median | {PAPER_FIG3['lifetime']} | {cells('life_median', lambda v: f'{v:.1f} epochs')} |",
-             f"| units ever added / alive at the end | - | {cells('units', str)} / {cells('alive', str)} |",
+             "| units ever / alive at the end | - | " +
+             ", ".join(f"layer {l}: {stats[l]['units']} / {stats[l]['alive']}" for l in sorted(stats)) + " |",
              "", "| run | final VCE | final TCE | lowest train CE | the paper's train CE |", "|---|---|---|---|---|"]
     for run in [np_run, *p_runs]:
         rs = _summary(run)
@@ -452,6 +458,13 @@ def table2(np_dirs, p_dirs=(), baselines: str | Path | None = None, out: str | P
         lines.append(f"| nonparametric{f' ({seeds} runs: representative)' if seeds > 1 else ''} | {lam:g} | {start} | "
                      f"{run['hidden_sizes']} | {_pct(float(run['test_error']))} | {float(run['epochs']):.1f} | "
                      f"{float(run['wall_time_s']):.0f} s | {f'{paper[1]}, {paper[2]}' if paper else '-'} |")
+    picked = {key for key in representatives(np_rows)}
+    for key in sorted({r["setting"] for r in np_rows} - picked):  # a setting none of whose runs ended: said so
+        run = next(r for r in np_rows if r["setting"] == key)
+        paper = PAPER_TABLE2["np"].get(float(run["lambda"]))
+        lines.append(f"| nonparametric: failed ({run['stopped_by']}) | {float(run['lambda']):g} | | {run['hidden_sizes']} | "
+                     f"- | {float(run['epochs']):.1f} | {float(run['wall_time_s']):.0f} s | "
+                     f"{f'{paper[1]}, {paper[2]}' if paper else '-'} |")
     p_rows = [r for r in gather(p_dirs) if r["model"] == "parametric" and r["dataset"] == "poker"
               and r["stopped_by"] in FINISHED]
     for sizes in sorted({r["hidden_sizes"] for r in p_rows}, key=lambda h: sum(map(int, h.split("-")))):
