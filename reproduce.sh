@@ -6,7 +6,7 @@
 #
 # Full mode (the default) runs every stage of sections 4 and 7.4 at the paper's scale through the sweep
 # launchers (README "Results" gives the compute); --quick runs every stage at a reduced scale (fewer seeds,
-# settings and epochs; each stage's reduction is below) in about 22 minutes on a 2-core CPU, offline.
+# settings and epochs; each stage's reduction is below) in about 24 minutes on a 2-core CPU, offline.
 # Stages: table1 poker fig3 mnist rectangles_images convex. Runs go to --runs (default runs/reproduce or
 # runs/quick), tables and figures to --out (default results or results/quick). Every run sets
 # resume_existing=true: launched again, reproduce.sh skips the finished runs and resumes the stopped ones;
