@@ -26,7 +26,7 @@ from typing import Any
 from npnn.plot import read_metrics
 from npnn.runs import FINISHED
 from npnn.sweeps import best_settings, gather, representatives
-from npnn.units import layer_stats, steps_per_epoch
+from npnn.units import layer_stats, read_units, steps_per_epoch
 
 __all__ = ["PAPER_TABLE1", "PAPER_TABLE2", "PAPER_FIG2", "PAPER_FIG3", "table1", "table2", "fig2", "fig2_points",
            "fig3", "fig3_figures", "fig2_figure", "lifetimes", "tracking_marks", "tracked_units", "unit_lengths", "main"]
@@ -248,15 +248,6 @@ def _label(run_dir: Path) -> str:
     return f"P {sizes}, {s.get('optimizer')}, alpha {step}, lambda {lam} ({s.get('norm')})"
 
 
-def _units(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "units.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: units.csv is written at every validation of an npnn run")
-    with path.open() as f:
-        return [{"id": int(r["id"]), "layer": int(r["layer"]), "birth": int(r["birth"]),
-                 "death": int(r["death"]) if r["death"] else None} for r in csv.DictReader(f)]
-
-
 def _end_step(run_dir: Path) -> float:
     s = _summary(run_dir)
     if s.get("epochs") is not None:
@@ -269,7 +260,7 @@ def lifetimes(run_dir: str | Path, layer: int) -> list[tuple[float, float, bool]
     run_dir = Path(run_dir)
     per_epoch, end = steps_per_epoch(run_dir), _end_step(run_dir)
     return [(u["birth"] / per_epoch, ((u["death"] if u["death"] is not None else end) - u["birth"]) / per_epoch,
-             u["death"] is None) for u in _units(run_dir) if u["layer"] == layer]
+             u["death"] is None) for u in read_units(run_dir) if u["layer"] == layer]
 
 
 def tracking_marks(until: float) -> list[float]:
@@ -284,7 +275,7 @@ def tracked_units(run_dir: str | Path, layer: int, until: float | None = None, s
     (light) the 3 latest-added units that survived to the end."""
     run_dir = Path(run_dir)
     per_epoch = steps_per_epoch(run_dir)
-    units = sorted((u for u in _units(run_dir) if u["layer"] == layer), key=lambda u: (u["birth"], u["id"]))
+    units = sorted((u for u in read_units(run_dir) if u["layer"] == layer), key=lambda u: (u["birth"], u["id"]))
     initial = [u["id"] for u in units if u["birth"] == 0]
     added = [u for u in units if u["birth"] > 0]
     if until is None:

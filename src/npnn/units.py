@@ -19,7 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
-__all__ = ["layer_stats", "steps_per_epoch", "deaths_per_epoch", "layer_lengths"]
+__all__ = ["read_units", "layer_stats", "steps_per_epoch", "deaths_per_epoch", "layer_lengths"]
 
 
 def steps_per_epoch(run_dir: Path) -> float:
@@ -39,26 +39,31 @@ def steps_per_epoch(run_dir: Path) -> float:
                             f"after step 0: is this an npnn run directory?")
 
 
+def read_units(run_dir: str | Path) -> list[dict]:
+    """The run's ``units.csv``: per unit its ``id``, ``layer``, ``birth`` step and ``death`` step (None: alive)."""
+    path = Path(run_dir) / "units.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: units.csv is written at every validation of an npnn run")
+    with path.open() as f:
+        return [{"id": int(r["id"]), "layer": int(r["layer"]), "birth": int(r["birth"]),
+                 "death": int(r["death"]) if r["death"] else None} for r in csv.DictReader(f)]
+
+
 def layer_stats(run_dir: str | Path) -> list[dict]:
     """One dict per hidden layer: ``units`` (ever), ``alive``, ``eliminated``, the epoch of the first
     elimination and the quartile lifetimes of eliminated units (epochs)."""
-    run_dir = Path(run_dir)
-    path = run_dir / "units.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: units.csv is written at every validation of an npnn run")
-    per_epoch = steps_per_epoch(run_dir)
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
+    rows = read_units(run_dir)
+    per_epoch = steps_per_epoch(Path(run_dir))
     stats = []
-    for layer in sorted({int(r["layer"]) for r in rows}):
-        units = [r for r in rows if int(r["layer"]) == layer]
-        lives = sorted((int(r["death"]) - int(r["birth"])) / per_epoch for r in units if r["death"])
+    for layer in sorted({r["layer"] for r in rows}):
+        units = [r for r in rows if r["layer"] == layer]
+        lives = sorted((r["death"] - r["birth"]) / per_epoch for r in units if r["death"] is not None)
         if len(lives) > 1:
             quartiles = statistics.quantiles(lives, n=4, method="inclusive")
         else:
             quartiles = lives * 3 or [float("nan")] * 3
-        deaths = [int(r["death"]) / per_epoch for r in units if r["death"]]
-        stats.append({"layer": layer, "units": len(units), "alive": sum(1 for r in units if not r["death"]),
+        deaths = [r["death"] / per_epoch for r in units if r["death"] is not None]
+        stats.append({"layer": layer, "units": len(units), "alive": sum(1 for r in units if r["death"] is None),
                       "eliminated": len(lives), "first_elimination": min(deaths, default=float("nan")), "life_q1": quartiles[0], "life_median": quartiles[1],
                       "life_q3": quartiles[2]})
     return stats
@@ -66,10 +71,8 @@ def layer_stats(run_dir: str | Path) -> list[dict]:
 
 def deaths_per_epoch(run_dir: str | Path, start: float = 0.0) -> dict[int, int]:
     """Eliminations (all layers) per whole epoch, for the epochs from ``start`` to the last elimination."""
-    run_dir = Path(run_dir)
-    per_epoch = steps_per_epoch(run_dir)
-    with (run_dir / "units.csv").open() as f:
-        epochs = [int(r["death"]) / per_epoch for r in csv.DictReader(f) if r["death"]]
+    per_epoch = steps_per_epoch(Path(run_dir))
+    epochs = [r["death"] / per_epoch for r in read_units(run_dir) if r["death"] is not None]
     epochs = [e for e in epochs if e >= start]
     counts = {e: 0 for e in range(int(start), int(max(epochs, default=start)) + 1)}
     for e in epochs:
