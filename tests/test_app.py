@@ -311,6 +311,29 @@ def test_resume_mid_epoch_and_mid_growth_is_exact(tmp_path):
         assert all(torch.equal(sa["state"][i][k], sb["state"][i][k]) for k in sa["state"][i])
 
 
+def test_a_resumed_run_reports_the_time_of_every_fit(tmp_path):
+    cfg = tiny("trainer.max_steps=30", "protocol=none", "checkpoint_every_steps=10")
+    main(cfg, tmp_path / "a")
+    first = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert first["wall_time_s"] == first["fit_wall_time_s"] > 0 and first["cpu_time_s"] > 0
+    assert "time_complete" not in first
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    stored = torch.load(ckpt, weights_only=False)["npnn"]["time_used"]
+    assert stored["complete"] and 0 < stored["wall_s"] <= first["wall_time_s"] + 0.05  # summary: 0.1 s rounding
+    main(tiny("trainer.max_steps=60", "protocol=none", f"ckpt_path={ckpt}"), tmp_path / "a")
+    resumed = json.loads((tmp_path / "a" / "summary.json").read_text())
+    # the resumed fit adds its time to the checkpoint's
+    assert stored["wall_s"] < resumed["wall_time_s"] <= stored["wall_s"] + resumed["fit_wall_time_s"] + 0.1
+    assert resumed["cpu_time_s"] > stored["cpu_s"]
+    # a checkpoint from before the record: its earlier time is unknown, and the summary says so
+    old = torch.load(ckpt, weights_only=False)
+    del old["npnn"]["time_used"]
+    torch.save(old, ckpt)
+    main(tiny("trainer.max_steps=70", "protocol=none", f"ckpt_path={ckpt}"), tmp_path / "a")
+    partial = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert partial["time_complete"] is False and partial["wall_time_s"] == partial["fit_wall_time_s"]
+
+
 def test_checkpoint_from_another_network_is_refused(tmp_path):
     run_steps(tmp_path / "a", 5, every=5)
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"

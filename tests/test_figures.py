@@ -200,3 +200,41 @@ def test_reproduce_sh_refuses_bad_arguments_before_it_runs_anything(tmp_path, ar
     assert run.returncode == 2 and message in run.stderr and not (tmp_path / "runs").exists()
     usage = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
     assert usage.returncode == 0 and "bash reproduce.sh [--quick]" in usage.stdout
+
+
+def random_search(tmp_path, trials):
+    """A random search's run directories: (job number, VCE, TCE, CPU seconds, stopped_by) per trial."""
+    p = dict(model="parametric", norm="batchnorm", optimizer="sgd", step_size=100, hidden_sizes=[90, 20])
+    for num, vce, tce, cpu, how in trials:
+        run = make_run(tmp_path / "random" / f"trial{num}", [f"optimizer.alpha={num}"], val_error=vce,
+                       test_error=tce, cpu_time_s=cpu, stopped_by=how, **p)
+        (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
+    return tmp_path / "random"
+
+
+def test_the_claim_follows_the_search_in_draw_order_and_picks_by_vce(tmp_path):
+    # directory names sort otherwise than the draw order; job 2 has the best TCE but not a better VCE
+    search = random_search(tmp_path, [(0, 0.05, 0.050, 3600, "budget"), (3, 0.01, 0.012, 7200, "budget"),
+                                      (1, 0.90, 0.900, 1800, "diverged"), (2, 0.06, 0.010, 3600, "protocol")])
+    from npnn.figures import claim, search_curve
+
+    curve = search_curve(gather([search]))
+    assert [c["cpu_s"] for c in curve] == [3600, 5400, 9000, 16200]
+    assert [c["pick_tce"] for c in curve] == [0.050, 0.050, 0.050, 0.012]  # by VCE
+    assert [c["oracle_tce"] for c in curve] == [0.050, 0.050, 0.010, 0.010]
+    make_run(tmp_path / "np" / "a", ["lambda=1e-3"], test_error=0.011, cpu_time_s=1800, weights=500,
+             hidden_sizes=[40, 10], stopped_by="protocol", **{"lambda": 1e-3})
+    make_run(tmp_path / "np" / "b", ["lambda=1e-4"], test_error=0.013, cpu_time_s=900, stopped_by="protocol")
+    written = claim([tmp_path / "np"], [search], tmp_path / "out")
+    assert {p.name for p in written} == {"claim_mnist.png", "claim_mnist.pdf", "claim_mnist.md"}
+    table = (tmp_path / "out" / "claim_mnist.md").read_text()
+    assert "4 trials, 4.50 CPU hours in all" in table and "TCE 1.2%" in table
+    # 1.1%: the pick never (1.2% at the end), the oracle at trial 3; 1.3%: the pick at trial 4
+    assert "| 1.1% | 0.50 h | not reached (4 trials) | 2.50 h (trial 3) |" in table
+    assert "| 1.3% | 0.25 h | 4.50 h (trial 4) | 2.50 h (trial 3) |" in table
+    assert table.index("| 1.3% |") < table.index("| 1.1% |")  # NP runs by CPU time
+    make_run(tmp_path / "np2", ["lambda=1e-3"], test_error=0.05, cpu_time_s=None, stopped_by="protocol")
+    with pytest.raises(ValueError, match="no cpu_time_s"):
+        claim([tmp_path / "np2"], [search], tmp_path / "out")
+    with pytest.raises(ValueError, match="no random-search run on mnist"):
+        claim([tmp_path / "np"], [tmp_path / "np"], tmp_path / "out")

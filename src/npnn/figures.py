@@ -9,6 +9,8 @@ paper's numbers beside ours where the paper gives them:
 - ``table2 --np DIR.. [--p DIR..] [--baselines JSON]``: Table 2 (poker) from run directories.
 - ``fig2 --np DIR.. [--p DIR..] [--random DIR..]``: Fig. 2, test error against size, from sweeps.
 - ``fig3 NP_RUN [--sgd RUN] [--rmsprop RUN]``: Figs. 3 (A-F) and 4 from one NP run and its P comparisons.
+- ``claim --np RUN.. --random DIR``: the practical claim, one NP run's CPU time against the CPU time a random
+  search needs before its pick matches the NP run's test error.
 
 ``bash reproduce.sh`` runs every stage and then these (README "Results").
 """
@@ -29,7 +31,8 @@ from npnn.sweeps import best_settings, gather, representatives
 from npnn.units import layer_stats, read_units, steps_per_epoch
 
 __all__ = ["PAPER_TABLE1", "PAPER_TABLE2", "PAPER_FIG2", "PAPER_FIG3", "table1", "table2", "fig2", "fig2_points",
-           "fig3", "fig3_figures", "fig2_figure", "lifetimes", "tracking_marks", "tracked_units", "unit_lengths", "main"]
+           "fig3", "fig3_figures", "fig2_figure", "lifetimes", "tracking_marks", "tracked_units", "unit_lengths",
+           "search_curve", "claim", "main"]
 
 # Table 1 of the paper: cost per mini-batch and weight of an efficient implementation
 PAPER_TABLE1 = {
@@ -472,6 +475,104 @@ def table2(np_dirs, p_dirs=(), baselines: str | Path | None = None, out: str | P
     return text
 
 
+# -------------------------------------------------------------------------------------- the practical claim
+def _job_number(run_dir: str | Path) -> int:
+    """The order in which a sweep launched a run (``hydra.job.num``): a random search's draw order."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    path = Path(run_dir) / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the claim needs the sweep's own run directories")
+    return int(OmegaConf.load(path).hydra.job.num)
+
+
+def _cpu_s(row: dict[str, Any]) -> float:
+    if row.get("cpu_time_s") is None:
+        raise ValueError(f"{row['run_dir']}: its summary.json has no cpu_time_s (written by npnn before the "
+                         f"record of compute time): run it again")
+    return float(row["cpu_time_s"])
+
+
+def search_curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A random search as it went: after each trial (in draw order), its cumulative CPU time, the trial it would
+    pick (the lowest VCE so far; a failed trial counts as VCE 1) and that trial's TCE, and the lowest TCE so far
+    (an oracle that reads the test set: the search's best case, never a choice)."""
+    curve, cpu, pick, oracle = [], 0.0, None, math.inf
+    for row in sorted(rows, key=lambda r: _job_number(r["run_dir"])):
+        cpu += _cpu_s(row)
+        ok = row["stopped_by"] in FINISHED
+        vce = float(row["val_error"]) if ok else 1.0
+        if pick is None or vce < pick[0]:
+            pick = (vce, float(row["test_error"]) if ok else math.nan, row)
+        if ok:
+            oracle = min(oracle, float(row["test_error"]))
+        curve.append({"trial": len(curve) + 1, "cpu_s": cpu, "pick_vce": pick[0], "pick_tce": pick[1],
+                      "pick_sizes": pick[2]["hidden_sizes"], "oracle_tce": oracle})
+    return curve
+
+
+def _first(curve: list[dict[str, Any]], key: str, target: float) -> dict[str, Any] | None:
+    return next((c for c in curve if c[key] <= target), None)
+
+
+def claim(np_dirs, random_dirs, out: str | Path = "results") -> list[Path]:
+    """Per data set: each NP run's CPU time and TCE against the random search's CPU time until its pick (lowest
+    VCE so far) has a TCE as low, and until its best TCE so far (the oracle) is; ``claim_<dataset>.md/.png``."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    np_rows = [r for r in gather(np_dirs) if r["model"] == "nonparametric" and r["stopped_by"] in FINISHED]
+    random_rows = [r for r in gather(random_dirs) if r["model"] == "parametric"]
+    if not np_rows:
+        raise ValueError(f"no finished nonparametric run under {', '.join(map(str, np_dirs))}")
+    out, written = Path(out), []
+    out.mkdir(parents=True, exist_ok=True)
+    for dataset in sorted({r["dataset"] for r in np_rows}):
+        trials = [r for r in random_rows if r["dataset"] == dataset]
+        if not trials:
+            raise ValueError(f"no random-search run on {dataset} under {', '.join(map(str, random_dirs))}")
+        curve, nps = search_curve(trials), sorted((r for r in np_rows if r["dataset"] == dataset),
+                                                  key=lambda r: _cpu_s(r))
+        end = curve[-1]
+        hours = 3600.0
+
+        def reach(c: dict[str, Any] | None) -> str:
+            return f"{c['cpu_s'] / hours:.2f} h (trial {c['trial']})" if c else f"not reached ({len(curve)} trials)"
+
+        lines = [f"# The practical claim, {dataset}: one NP run against a random search", "",
+                 f"The random search: {len(curve)} trials, {end['cpu_s'] / hours:.2f} CPU hours in all; after "
+                 f"all of them it picks (lowest VCE) a {end['pick_sizes']} net with VCE {_pct(end['pick_vce'])}, "
+                 f"TCE {_pct(end['pick_tce'])}; its lowest TCE of any trial is {_pct(end['oracle_tce'])}.", "",
+                 "Trials in draw order (`hydra.job.num`), as one worker would run them; CPU time is each run's "
+                 "`cpu_time_s` (process CPU seconds, all threads, over every fit of the run). \"search, pick\": "
+                 "the CPU time until the trial with the lowest VCE so far has a TCE at most the NP run's (the "
+                 "choice by VCE, as in the paper); \"search, oracle\": until any trial has (the search's best case).",
+                 "", "| NP run | sizes | TCE | CPU time | search, pick | search, oracle |", "|---" * 6 + "|"]
+        for r in nps:
+            tce = float(r["test_error"])
+            lines.append(f"| lambda = {float(r['lambda']):g}, seed {r['seed']} (`{r['run_dir']}`) | {r['hidden_sizes']} "
+                         f"| {_pct(tce)} | {_cpu_s(r) / hours:.2f} h | {reach(_first(curve, 'pick_tce', tce))} | "
+                         f"{reach(_first(curve, 'oracle_tce', tce))} |")
+        (out / f"claim_{dataset}.md").write_text("\n".join(lines) + "\n")
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        x = [c["cpu_s"] / hours for c in curve]
+        ax.step(x, [100 * c["pick_tce"] for c in curve], where="post", color="tab:blue",
+                label="random search: TCE of its pick (lowest VCE so far)")
+        ax.step(x, [100 * c["oracle_tce"] for c in curve], where="post", color="tab:blue", ls=":",
+                label="random search: lowest TCE so far (oracle)")
+        ax.scatter([_cpu_s(r) / hours for r in nps], [100 * float(r["test_error"]) for r in nps], color="black",
+                   zorder=3, label="nonparametric runs (one each)")
+        ax.set(xscale="log", yscale="log", xlabel="CPU time (hours)", ylabel="test error (%)",
+               title=f"{dataset}: one NP run against a random search")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written += _save(fig, out / f"claim_{dataset}") + [out / f"claim_{dataset}.md"]
+        plt.close(fig)
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m npnn.figures", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="artefact", required=True)
@@ -494,7 +595,10 @@ def main(argv: list[str] | None = None) -> None:
     t2.add_argument("--np", nargs="+", required=True, metavar="DIR", help="NP poker runs (the table2_np_* experiments)")
     t2.add_argument("--p", nargs="*", default=[], metavar="DIR", help="P sweeps (hparams_search=p_rmsprop_poker)")
     t2.add_argument("--baselines", default=None, metavar="JSON", help="python -m npnn.baselines --out JSON")
-    for p in (t1, f2, f3, t2):
+    cl = sub.add_parser("claim", help="the practical claim: one NP run's CPU time against a random search's")
+    cl.add_argument("--np", nargs="+", required=True, metavar="DIR", help="NP runs (each a finished run)")
+    cl.add_argument("--random", nargs="+", required=True, metavar="DIR", help="the random search (p_random)")
+    for p in (t1, f2, f3, t2, cl):
         p.add_argument("--out", default="results", help="the results folder (default: results)")
     args = parser.parse_args(argv)
     for d in [*getattr(args, "np", []), *getattr(args, "p", []), *getattr(args, "random", [])]:
@@ -507,6 +611,8 @@ def main(argv: list[str] | None = None) -> None:
         elif args.artefact == "table2":
             print(table2(args.np, args.p, args.baselines, args.out))
             written = [Path(args.out) / "table2.md"]
+        elif args.artefact == "claim":
+            written = claim(args.np, args.random, args.out)
         elif args.artefact == "fig2":
             written = fig2(args.np, args.p, args.random, args.out, args.datasets, args.random_top)
         else:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from typing import Any, Callable
 
 import pytorch_lightning as pl
@@ -178,6 +179,26 @@ class NonparametricModule(pl.LightningModule):
         self.last_val_error = math.nan
         self.best_validation: dict[str, float] = {}  # the lowest VCE seen, with the TCE and epoch at it
         self.last_metrics: dict[str, float] = {}
+        # compute spent by earlier fits of this run (from the checkpoint; None: one predates this record)
+        self.earlier_time: dict[str, float] | None = {"wall_s": 0.0, "cpu_s": 0.0}
+        self._fit_start: tuple[float, float] | None = None
+
+    # ------------------------------------------------------------- compute
+    def on_fit_start(self) -> None:
+        self._fit_start = (time.time(), time.process_time())
+
+    def time_used(self) -> dict[str, Any]:
+        """Wall and CPU seconds (the process's, all threads) spent training and evaluating, over every fit.
+
+        A resumed run adds its checkpoint's; rewinds do not take time back. ``complete`` is False when a
+        checkpoint from before this record was resumed (its earlier time is unknown and not counted).
+        """
+        wall = cpu = 0.0
+        if self._fit_start is not None:
+            wall, cpu = time.time() - self._fit_start[0], time.process_time() - self._fit_start[1]
+        earlier = self.earlier_time or {"wall_s": 0.0, "cpu_s": 0.0}
+        return {"wall_s": earlier["wall_s"] + wall, "cpu_s": earlier["cpu_s"] + cpu,
+                "complete": self.earlier_time is not None}
 
     # ------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -409,7 +430,8 @@ class NonparametricModule(pl.LightningModule):
         checkpoint["npnn"] = {"format": self.CHECKPOINT_FORMAT, "step_count": self.step_count,
                               "steps_per_call": self.steps_per_call,
                               "last_removal_step": self.last_removal_step, "best_validation": self.best_validation,
-                              "growth": self.growth.state_dict() if self.growth is not None else None}
+                              "growth": self.growth.state_dict() if self.growth is not None else None,
+                              "time_used": self.time_used()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "model_config" not in checkpoint:
@@ -430,5 +452,8 @@ class NonparametricModule(pl.LightningModule):
             self.net._resize_to(theirs["hidden_sizes"])  # the shape first, then Lightning loads the weights
         self.step_count, self.last_removal_step = state["step_count"], state["last_removal_step"]
         self.best_validation = dict(state.get("best_validation", {}))
+        earlier = state.get("time_used")
+        self.earlier_time = None if earlier is None or not earlier.get("complete", True) else \
+            {"wall_s": float(earlier["wall_s"]), "cpu_s": float(earlier["cpu_s"])}
         if self.growth is not None:
             self.growth.load_state_dict(state["growth"])

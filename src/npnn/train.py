@@ -272,6 +272,7 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     finally:
         stop.restore()
     wall = time.time() - start
+    used = module.time_used()  # training and evaluation over every fit, before the final evaluation below
     s = datamodule.splits
     errors = final_errors(trainer, module, datamodule)
     val_error = errors["val"]
@@ -297,7 +298,10 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "best_epoch": module.best_validation.get("epoch"),
         "epochs": module.step_count * module.batch_size / module.dataset_size,
         "steps_per_epoch": module.steps_per_epoch,
-        "steps_trained": trainer.global_step, "wall_time_s": round(wall, 1),
+        "steps_trained": trainer.global_step,
+        # over every fit of the run (a resume adds the checkpoint's); this fit alone: fit_wall_time_s
+        "wall_time_s": round(used["wall_s"], 1), "cpu_time_s": round(used["cpu_s"], 1),
+        "fit_wall_time_s": round(wall, 1),
         "stopped_by": stopped_by,
         "protocol": protocol.history if protocol is not None else [],
     }
@@ -305,6 +309,8 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         changes = next(cb for cb in trainer.callbacks if isinstance(cb, ResumeChanges)).changes
         summary["resumed_from"] = str(cfg.ckpt_path)
         summary["changed_on_resume"] = {k: list(v) for k, v in changes.items()}
+    if not used["complete"]:
+        summary["time_complete"] = False  # resumed from a checkpoint that did not record its earlier time
     if failure is not None:  # sizes and errors above are those of the network at the failure, not the best one
         summary["error"] = f"{type(failure).__name__}: {failure}"
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
