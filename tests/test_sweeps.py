@@ -103,7 +103,19 @@ def test_the_launcher_configs_compose(launcher):
 
 SWEEP_NEEDS = {  # what each sweep config leaves to the user (its comment says so)
     "p_grid": ["model.hidden_sizes=[8,8]"], "p_random": ["random_search.base=[8,8]"], "p_seeds": ["+pick=top01"],
-    "p_rmsprop_poker": ["model.hidden_sizes=[23,24,15,4]"]}  # one job of it: the sweep gives the sizes
+    "p_rmsprop_poker": ["model.hidden_sizes=[23,24,15,4]"], "p_random_poker": ["random_search.base=[8,8,8,8]"]}  # one job of it: the sweep gives the sizes
+
+
+def test_the_poker_random_search_draws_one_width_per_hidden_layer():
+    from npnn.config import compose as compose_run
+
+    cfg = compose_run("hparams_search=p_random_poker", "random_search.base=[39,17,17,7]", "random_search.width1=1.5",
+                      "random_search.width4=5")
+    assert cfg.dataset.hidden_layers == 4 and list(cfg.model.hidden_sizes) == [58, 17, 17, 35]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        hydra_cfg = compose("config", overrides=["hparams_search=p_random_poker", "random_search.base=[8,8,8,8]"],
+                            return_hydra_config=True)
+    assert {f"random_search.width{i}" for i in range(1, 5)} <= set(hydra_cfg.hydra.sweeper.params)
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml")))
