@@ -210,6 +210,7 @@ def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path):
     finished = sum(r["stopped_by"] in ("protocol", "budget") for r in rows)
     assert log.count("): skipped") == finished and log.count("which stopped earlier") == 4 - finished
     assert len(gather([tmp_path / "sweep"])) == 4  # the same 4 settings: no new run directory
+    assert sorted(p.name for p in (tmp_path / "sweep").glob("trial*")) == ["trial0", "trial1", "trial2", "trial3"]
 
 
 def test_the_size_of_a_sweep_is_counted_from_its_overrides():
