@@ -429,6 +429,13 @@ PAPER_TABLE2 = {  # lambda: (starting size, final size, test error)
 }
 
 
+def _wall(run: dict[str, Any]) -> str:
+    """A run's wall time, over every fit; a resumed run whose earlier fits went unrecorded says so."""
+    summary = _summary(Path(run["run_dir"]))
+    partial = summary.get("time_complete") is False or ("resumed_from" in summary and "cpu_time_s" not in summary)
+    return f"{float(run['wall_time_s']):.0f} s{' (the last fit only: resumed)' if partial else ''}"
+
+
 def table2(np_dirs, p_dirs=(), baselines: str | Path | None = None, out: str | Path = "results") -> str:
     """Table 2 (poker): the baselines (``python -m npnn.baselines --out FILE``'s JSON), the NP runs (one row per
     setting: its representative), and per P size the run with the lowest VCE (7.4.2 step 2), beside the paper's
@@ -451,13 +458,13 @@ def table2(np_dirs, p_dirs=(), baselines: str | Path | None = None, out: str | P
         seeds = sum(r["setting"] == key for r in np_rows)
         lines.append(f"| nonparametric{f' ({seeds} runs: representative)' if seeds > 1 else ''} | {lam:g} | {start} | "
                      f"{run['hidden_sizes']} | {_pct(float(run['test_error']))} | {float(run['epochs']):.1f} | "
-                     f"{float(run['wall_time_s']):.0f} s | {f'{paper[1]}, {paper[2]}' if paper else '-'} |")
+                     f"{_wall(run)} | {f'{paper[1]}, {paper[2]}' if paper else '-'} |")
     picked = {key for key in representatives(np_rows)}
     for key in sorted({r["setting"] for r in np_rows} - picked):  # a setting none of whose runs ended: said so
         run = next(r for r in np_rows if r["setting"] == key)
         paper = PAPER_TABLE2["np"].get(float(run["lambda"]))
         lines.append(f"| nonparametric: failed ({run['stopped_by']}) | {float(run['lambda']):g} | | {run['hidden_sizes']} | "
-                     f"- | {float(run['epochs']):.1f} | {float(run['wall_time_s']):.0f} s | "
+                     f"- | {float(run['epochs']):.1f} | {_wall(run)} | "
                      f"{f'{paper[1]}, {paper[2]}' if paper else '-'} |")
     p_rows = [r for r in gather(p_dirs) if r["model"] == "parametric" and r["dataset"] == "poker"
               and r["stopped_by"] in FINISHED]
@@ -467,7 +474,7 @@ def table2(np_dirs, p_dirs=(), baselines: str | Path | None = None, out: str | P
         paper = PAPER_TABLE2["p"].get(sizes) or paper_p_of.get(sizes)
         lines.append(f"| parametric, RMSprop alpha = {float(best['step_size']):g} (lowest VCE of {len(runs)}) | | {sizes} | "
                      f"unchanged | {_pct(float(best['test_error']))} | {float(best['epochs']):.1f} | "
-                     f"{float(best['wall_time_s']):.0f} s | {paper or '-'} |")
+                     f"{_wall(best)} | {paper or '-'} |")
     text = "\n".join(lines) + "\n"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
