@@ -207,14 +207,14 @@ def random_search(tmp_path, trials):
     """A random search's run directories: (job number, VCE, TCE, CPU seconds, stopped_by) per trial."""
     p = dict(model="parametric", norm="batchnorm", optimizer="sgd", step_size=100, hidden_sizes=[90, 20])
     for num, vce, tce, cpu, how in trials:
-        run = make_run(tmp_path / "random" / f"trial{num}", [f"optimizer.alpha={num}"], val_error=vce,
+        run = make_run(tmp_path / "random" / f"run{9 - num}", [f"optimizer.alpha={num}"], val_error=vce,
                        test_error=tce, cpu_time_s=cpu, stopped_by=how, **p)
         (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
     return tmp_path / "random"
 
 
 def test_the_claim_follows_the_search_in_draw_order_and_picks_by_vce(tmp_path):
-    # directory names sort otherwise than the draw order; job 2 has the best TCE but not a better VCE
+    # the directory names sort against the draw order (run9 is job 0); job 2 has the best TCE but not a better VCE
     search = random_search(tmp_path, [(0, 0.05, 0.050, 3600, "budget"), (3, 0.01, 0.012, 7200, "budget"),
                                       (1, 0.90, 0.900, 1800, "diverged"), (2, 0.06, 0.010, 3600, "protocol")])
     from npnn.figures import claim, search_curve
@@ -234,8 +234,16 @@ def test_the_claim_follows_the_search_in_draw_order_and_picks_by_vce(tmp_path):
     assert "| 1.1% | 0.50 h | not reached (4 trials) | 2.50 h (trial 3) |" in table
     assert "| 1.3% | 0.25 h | 4.50 h (trial 4) | 2.50 h (trial 3) |" in table
     assert table.index("| 1.3% |") < table.index("| 1.1% |")  # NP runs by CPU time
-    make_run(tmp_path / "np2", ["lambda=1e-3"], test_error=0.05, cpu_time_s=None, stopped_by="protocol")
-    with pytest.raises(ValueError, match="no cpu_time_s"):
-        claim([tmp_path / "np2"], [search], tmp_path / "out")
+    # NP runs without a whole CPU time (older npnn, or resumed from its checkpoint) are left out, and named
+    make_run(tmp_path / "np" / "c", ["lambda=1e-5"], test_error=0.001, cpu_time_s=None, stopped_by="protocol")
+    make_run(tmp_path / "np" / "d", ["lambda=1e-6"], test_error=0.001, cpu_time_s=60, time_complete=False,
+             stopped_by="protocol")
+    claim([tmp_path / "np"], [search], tmp_path / "out")
+    table = (tmp_path / "out" / "claim_mnist.md").read_text()
+    assert table.count("| lambda = ") == 2 and f"`{tmp_path / 'np' / 'c'}`, `{tmp_path / 'np' / 'd'}`." in table
+    with pytest.raises(ValueError, match="no NP run on mnist records its whole CPU time"):
+        claim([tmp_path / "np" / "c"], [search], tmp_path / "out")
+    with pytest.raises(ValueError, match="the same trial number"):
+        claim([tmp_path / "np"], [search, search], tmp_path / "out")
     with pytest.raises(ValueError, match="no random-search run on mnist"):
         claim([tmp_path / "np"], [tmp_path / "np"], tmp_path / "out")

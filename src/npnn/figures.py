@@ -493,10 +493,15 @@ def _job_number(run_dir: str | Path) -> int:
     return int(OmegaConf.load(path).hydra.job.num)
 
 
+def _timed(row: dict[str, Any]) -> bool:
+    """Whether a run's summary holds its whole CPU time (npnn since d66a483, never resumed from an older one)."""
+    return row.get("cpu_time_s") is not None and _summary(Path(row["run_dir"])).get("time_complete") is not False
+
+
 def _cpu_s(row: dict[str, Any]) -> float:
-    if row.get("cpu_time_s") is None:
-        raise ValueError(f"{row['run_dir']}: its summary.json has no cpu_time_s (written by npnn before the "
-                         f"record of compute time): run it again")
+    if not _timed(row):
+        raise ValueError(f"{row['run_dir']}: its summary.json has no complete cpu_time_s (written by npnn before "
+                         f"the record of compute time, or resumed from such a checkpoint): run it again")
     return float(row["cpu_time_s"])
 
 
@@ -504,8 +509,12 @@ def search_curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A random search as it went: after each trial (in draw order), its cumulative CPU time, the trial it would
     pick (the lowest VCE so far; a failed trial counts as VCE 1) and that trial's TCE, and the lowest TCE so far
     (an oracle that reads the test set: the search's best case, never a choice)."""
+    numbers = [_job_number(r["run_dir"]) for r in rows]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError("two runs of the search have the same trial number (hydra.job.num): give the claim one "
+                         "search's directory, whose runs are named trial0, trial1, ...")
     curve, cpu, pick, oracle = [], 0.0, None, math.inf
-    for row in sorted(rows, key=lambda r: _job_number(r["run_dir"])):
+    for _, row in sorted(zip(numbers, rows), key=lambda t: t[0]):
         cpu += _cpu_s(row)
         ok = row["stopped_by"] in FINISHED
         vce = float(row["val_error"]) if ok else 1.0
@@ -540,9 +549,14 @@ def claim(np_dirs, random_dirs, out: str | Path = "results") -> list[Path]:
         trials = [r for r in random_rows if r["dataset"] == dataset]
         if not trials:
             raise ValueError(f"no random-search run on {dataset} under {', '.join(map(str, random_dirs))}")
-        curve, nps = search_curve(trials), sorted((r for r in np_rows if r["dataset"] == dataset),
-                                                  key=lambda r: _cpu_s(r))
+        untimed = [r for r in np_rows if r["dataset"] == dataset and not _timed(r)]
+        nps = sorted((r for r in np_rows if r["dataset"] == dataset and _timed(r)), key=_cpu_s)
+        if not nps:
+            raise ValueError(f"no NP run on {dataset} records its whole CPU time (cpu_time_s): run one again")
+        curve = search_curve(trials)
         end = curve[-1]
+        if math.isinf(end["oracle_tce"]):
+            raise ValueError(f"no trial of the random search on {dataset} ended: nothing to compare")
         hours = 3600.0
 
         def reach(c: dict[str, Any] | None) -> str:
@@ -562,6 +576,10 @@ def claim(np_dirs, random_dirs, out: str | Path = "results") -> list[Path]:
             lines.append(f"| lambda = {float(r['lambda']):g}, seed {r['seed']} (`{r['run_dir']}`) | {r['hidden_sizes']} "
                          f"| {_pct(tce)} | {_cpu_s(r) / hours:.2f} h | {reach(_first(curve, 'pick_tce', tce))} | "
                          f"{reach(_first(curve, 'oracle_tce', tce))} |")
+        if untimed:
+            names = ", ".join(f"`{r['run_dir']}`" for r in untimed)
+            lines += ["", f"Left out, without a complete CPU time (run before npnn recorded it, or resumed from "
+                          f"such a checkpoint): {names}."]
         (out / f"claim_{dataset}.md").write_text("\n".join(lines) + "\n")
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         x = [c["cpu_s"] / hours for c in curve]

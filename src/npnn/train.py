@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytorch_lightning as pl
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -301,7 +302,7 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "steps_trained": trainer.global_step,
         # over every fit of the run (a resume adds the checkpoint's); this fit alone: fit_wall_time_s
         "wall_time_s": round(used["wall_s"], 1), "cpu_time_s": round(used["cpu_s"], 1),
-        "fit_wall_time_s": round(wall, 1),
+        "fit_wall_time_s": round(wall, 1), "threads": torch.get_num_threads(),  # CPU time counts every thread
         "stopped_by": stopped_by,
         "protocol": protocol.history if protocol is not None else [],
     }
