@@ -538,6 +538,7 @@ def claim(np_dirs, random_dirs, out: str | Path = "results") -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.ticker import FuncFormatter  # noqa: PLC0415
 
     np_rows = [r for r in gather(np_dirs) if r["model"] == "nonparametric" and r["stopped_by"] in FINISHED]
     random_rows = [r for r in gather(random_dirs) if r["model"] == "parametric"]
@@ -589,8 +590,17 @@ def claim(np_dirs, random_dirs, out: str | Path = "results") -> list[Path]:
                 label="random search: lowest TCE so far (oracle)")
         ax.scatter([_cpu_s(r) / hours for r in nps], [100 * float(r["test_error"]) for r in nps], color="black",
                    zorder=3, label="nonparametric runs (one each)")
+        for r in nps:
+            ax.annotate(f"lambda {float(r['lambda']):g} [{r['hidden_sizes']}]",
+                        (_cpu_s(r) / hours, 100 * float(r["test_error"])), xytext=(5, 4), textcoords="offset points",
+                        fontsize=7)
         ax.set(xscale="log", yscale="log", xlabel="CPU time (hours)", ylabel="test error (%)",
                title=f"{dataset}: one NP run against a random search")
+        for axis in (ax.xaxis, ax.yaxis):  # 0.1, 0.2, 0.5: not 10^-1
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(FuncFormatter(
+                lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 3, 5) else ""))
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         fig.tight_layout()
         written += _save(fig, out / f"claim_{dataset}") + [out / f"claim_{dataset}.md"]
