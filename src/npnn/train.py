@@ -301,8 +301,8 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "steps_per_epoch": module.steps_per_epoch,
         "steps_trained": trainer.global_step,
         # over every fit of the run (a resume adds the checkpoint's); this fit alone: fit_wall_time_s
-        "wall_time_s": round(used["wall_s"], 1), "cpu_time_s": round(used["cpu_s"], 1),
-        "fit_wall_time_s": round(wall, 1), "threads": torch.get_num_threads(),  # CPU time counts every thread
+        "wall_time_s": round(used["wall_s"], 3), "cpu_time_s": round(used["cpu_s"], 3),  # ms: short runs are not 0
+        "fit_wall_time_s": round(wall, 3), "threads": torch.get_num_threads(),  # CPU time counts every thread
         "stopped_by": stopped_by,
         "protocol": protocol.history if protocol is not None else [],
     }
