@@ -431,8 +431,7 @@ PAPER_TABLE2 = {  # lambda: (starting size, final size, test error)
 
 def _wall(run: dict[str, Any]) -> str:
     """A run's wall time, over every fit; a resumed run whose earlier fits went unrecorded says so."""
-    summary = _summary(Path(run["run_dir"]))
-    partial = summary.get("time_complete") is False or ("resumed_from" in summary and "cpu_time_s" not in summary)
+    partial = run["time_complete"] is False or (run["resumed_from"] is not None and run["cpu_time_s"] is None)
     return f"{float(run['wall_time_s']):.0f} s{' (the last fit only: resumed)' if partial else ''}"
 
 
@@ -495,7 +494,7 @@ def _job_number(run_dir: str | Path) -> int:
 
 def _timed(row: dict[str, Any]) -> bool:
     """Whether a run's summary holds its whole CPU time (npnn since d66a483, never resumed from an older one)."""
-    return row.get("cpu_time_s") is not None and _summary(Path(row["run_dir"])).get("time_complete") is not False
+    return row["cpu_time_s"] is not None and row["time_complete"] is not False
 
 
 def _cpu_s(row: dict[str, Any]) -> float:

@@ -28,7 +28,7 @@ __all__ = ["gather", "write_table", "setting", "representatives", "best_settings
 
 COLUMNS = ("run_dir", "setting", "dataset", "model", "norm", "optimizer", "step_size", "lambda", "seed",
            "hidden_sizes", "weights", "val_error", "test_error", "best_val_error", "test_error_at_best", "best_epoch",
-           "epochs", "wall_time_s", "cpu_time_s", "stopped_by")
+           "epochs", "wall_time_s", "cpu_time_s", "time_complete", "resumed_from", "stopped_by")
 
 
 def _overrides(run_dir: Path) -> list[str]:
