@@ -127,6 +127,7 @@ if [ "$QUICK" = 1 ]; then  # each stage cut down: fewer seeds, settings and epoc
   NP_GRID_POKER=(lambda=1e-3,1e-5 optimizer.alpha_phi=10,100 protocol=none trainer.max_epochs=1)
   T2_NP=(dataset.patience=2 dataset.anneal_patience=0.5 dataset.max_prune_epochs=3 trainer.max_epochs=12)
   T2_P=(optimizer.alpha=300,1000,3000 protocol=none trainer.max_epochs=2)
+  RANDOM_POKER=(hydra.sweeper.n_trials=3 protocol=none trainer.max_epochs=1)
   F3_NP=(model.growth.until=100 trainer.max_epochs=200)
   F3_P=(trainer.max_epochs=200)
   NP_GRID=(lambda=1e-3,3e-4 optimizer.alpha_phi=10,30 protocol=none trainer.max_epochs=20)
@@ -137,10 +138,12 @@ if [ "$QUICK" = 1 ]; then  # each stage cut down: fewer seeds, settings and epoc
   TOP=3 SEEDS=3
 else
   T1=(--rounds 30 --steps 5)
+  RANDOM_POKER=(hydra.sweeper.n_trials=50)
   NP_GRID_POKER=() T2_NP=() T2_P=() F3_NP=() F3_P=() NP_GRID=() NP_SEEDS=() P_GRID=() P_BUDGET=() RANDOM_SEARCH=()
   TOP=10 SEEDS=10
 fi
 RANDOM_SEARCH+=("hydra.sweeper.n_jobs=$JOBS")  # the optuna sweeper launches this many trials at a time
+RANDOM_POKER+=("hydra.sweeper.n_jobs=$JOBS")
 
 # ----------------------------------------------------------------------------------- Table 1 (bench)
 if wanted table1; then
@@ -163,6 +166,12 @@ if wanted poker; then
   say "7.4.2 step 2: RMSprop P nets at the NP sizes $P_SIZES over the step sizes alpha"
   sweep "$RUNS/poker/p" hparams_search=p_rmsprop_poker "model.hidden_sizes=$P_SIZES" "${T2_P[@]}"
   python -m npnn.figures table2 --np "$RUNS/poker/np" --p "$RUNS/poker/p" --baselines "$OUT/baselines.json" --out "$OUT"
+  ROW=("$RUNS"/poker/np/*table2_np_lambda1e-3*)  # the lambda = 1e-3 row's run: one directory
+  [ ${#ROW[@]} = 1 ] && [ -d "${ROW[0]}" ] || die "want one lambda = 1e-3 run under $RUNS/poker/np, found: ${ROW[*]}"
+  BASE=$(sizes "${ROW[0]}" | head -1)
+  say "the practical claim on poker: a random search over P nets of 1-5 times the lambda = 1e-3 row's size [$BASE]"
+  sweep "$RUNS/poker/p_random" hparams_search=p_random_poker "random_search.base=[$BASE]" "${RANDOM_POKER[@]}"
+  python -m npnn.figures claim --np "$RUNS/poker/np" --random "$RUNS/poker/p_random" --out "$OUT" || say "no claim on poker"
 fi
 
 # ------------------------------------------------------------------------------ Figs. 3 and 4 (mnist)
@@ -207,6 +216,7 @@ fig2_dataset() {  # data set, its Fig. 2 experiments (7.4.1 steps 1-6)
   sweep "$dir/p_random" hparams_search=p_random "dataset=$dataset" "random_search.base=[$largest]" "${RANDOM_SEARCH[@]}" \
     "${P_BUDGET[@]}"
   picks_and_seeds "$dir/p_random" "$dir/random_seeds"
+  python -m npnn.figures claim --np "$dir/np" --random "$dir/p_random" --out "$OUT" || say "no claim on $dataset"
   python -m npnn.figures fig2 --np "$dir/np" --p "${p_dirs[@]}" --random "$dir/random_seeds" --datasets "$dataset" \
     --out "$OUT"
 }

@@ -243,6 +243,17 @@ def test_the_claim_follows_the_search_in_draw_order_and_picks_by_vce(tmp_path):
     assert table.count("| lambda = ") == 2 and f"`{tmp_path / 'np' / 'c'}`, `{tmp_path / 'np' / 'd'}`." in table
     with pytest.raises(ValueError, match="no NP run on mnist records its whole CPU time"):
         claim([tmp_path / "np" / "c"], [search], tmp_path / "out")
+    # a trial stopped from outside (it resumes), or one under way (no summary yet), ends the curve there
+    assert len(search_curve(gather([random_search(tmp_path / "s2", [(0, 0.05, 0.05, 60, "budget"),
+                                                                    (1, 0.01, 0.01, 60, "signal"),
+                                                                    (2, 0.01, 0.01, 60, "budget")])]))) == 1
+    gapped = random_search(tmp_path / "s3", [(0, 0.05, 0.05, 60, "budget"), (2, 0.01, 0.01, 60, "budget")])
+    assert len(search_curve(gather([gapped]))) == 1
+    claim([tmp_path / "np"], [gapped], tmp_path / "out")
+    table = (tmp_path / "out" / "claim_mnist.md").read_text()
+    assert "1 trials, 0.02 CPU hours" in table and "Left out: the 1 run(s) from trial 1 on" in table
+    with pytest.raises(ValueError, match="no trial of the random search on mnist ended"):
+        claim([tmp_path / "np"], [random_search(tmp_path / "s4", [(0, 0.05, 0.05, 60, "signal")])], tmp_path / "out")
     with pytest.raises(ValueError, match="the same trial number"):
         claim([tmp_path / "np"], [search, search], tmp_path / "out")
     with pytest.raises(ValueError, match="no random-search run on mnist"):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from npnn.plot import read_metrics
-from npnn.runs import FINISHED
+from npnn.runs import FINISHED, UNFINISHED
 from npnn.sweeps import best_settings, gather, representatives
 from npnn.units import layer_stats, read_units, steps_per_epoch
 
@@ -507,13 +507,16 @@ def _cpu_s(row: dict[str, Any]) -> float:
 def search_curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A random search as it went: after each trial (in draw order), its cumulative CPU time, the trial it would
     pick (the lowest VCE so far; a failed trial counts as VCE 1) and that trial's TCE, and the lowest TCE so far
-    (an oracle that reads the test set: the search's best case, never a choice)."""
+    (an oracle that reads the test set: the search's best case, never a choice). The curve stops before the first
+    trial that has not ended (one under way, without a summary, or stopped from outside: it resumes)."""
     numbers = [_job_number(r["run_dir"]) for r in rows]
     if len(set(numbers)) != len(numbers):
         raise ValueError("two runs of the search have the same trial number (hydra.job.num): give the claim one "
                          "search's directory, whose runs are named trial0, trial1, ...")
     curve, cpu, pick, oracle = [], 0.0, None, math.inf
-    for _, row in sorted(zip(numbers, rows), key=lambda t: t[0]):
+    for number, row in sorted(zip(numbers, rows), key=lambda t: t[0]):
+        if number != len(curve) or row["stopped_by"] in UNFINISHED:
+            break
         cpu += _cpu_s(row)
         ok = row["stopped_by"] in FINISHED
         vce = float(row["val_error"]) if ok else 1.0
@@ -554,9 +557,9 @@ def claim(np_dirs, random_dirs, out: str | Path = "results") -> list[Path]:
         if not nps:
             raise ValueError(f"no NP run on {dataset} records its whole CPU time (cpu_time_s): run one again")
         curve = search_curve(trials)
-        end = curve[-1]
-        if math.isinf(end["oracle_tce"]):
+        if not curve or math.isinf(curve[-1]["oracle_tce"]):
             raise ValueError(f"no trial of the random search on {dataset} ended: nothing to compare")
+        end, later = curve[-1], len(trials) - len(curve)
         hours = 3600.0
 
         def reach(c: dict[str, Any] | None) -> str:
@@ -565,7 +568,9 @@ def claim(np_dirs, random_dirs, out: str | Path = "results") -> list[Path]:
         lines = [f"# The practical claim, {dataset}: one NP run against a random search", "",
                  f"The random search: {len(curve)} trials, {end['cpu_s'] / hours:.2f} CPU hours in all; after "
                  f"all of them it picks (lowest VCE) a {end['pick_sizes']} net with VCE {_pct(end['pick_vce'])}, "
-                 f"TCE {_pct(end['pick_tce'])}; its lowest TCE of any trial is {_pct(end['oracle_tce'])}.", "",
+                 f"TCE {_pct(end['pick_tce'])}; its lowest TCE of any trial is {_pct(end['oracle_tce'])}."
+                 + (f" Left out: the {later} run(s) from trial {len(curve)} on, as trial {len(curve)} has not "
+                    "ended (under way, or stopped and resumable)." if later else ""), "",
                  "Trials in draw order (`hydra.job.num`), as one worker would run them; CPU time is each run's "
                  "`cpu_time_s` (process CPU seconds, all threads, over every fit of the run). \"search, pick\": "
                  "the CPU time until the trial with the lowest VCE so far has a TCE at most the NP run's (the "
