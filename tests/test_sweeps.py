@@ -211,6 +211,12 @@ def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path):
     assert log.count("): skipped") == finished and log.count("which stopped earlier") == 4 - finished
     assert len(gather([tmp_path / "sweep"])) == 4  # the same 4 settings: no new run directory
     assert sorted(p.name for p in (tmp_path / "sweep").glob("trial*")) == ["trial0", "trial1", "trial2", "trial3"]
+    # another sampler seed draws other settings into the same trial<k> directories: refused, not skipped
+    other = subprocess.run([*args, "hydra.sweeper.sampler.seed=1"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=600, env=env)
+    log = other.stdout + other.stderr
+    assert log.count("): skipped") == 0 and log.count("holds an ended run of another setting") >= finished > 0
+    assert "random_search.width1: that run" in log and "Give this sweep its own hydra.sweep.dir" in log
 
 
 def test_the_size_of_a_sweep_is_counted_from_its_overrides():

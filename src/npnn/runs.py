@@ -37,7 +37,7 @@ from npnn.module import TrainingError
 
 __all__ = ["AtomicCheckpointIO", "CheckpointError", "RunDirError", "RunInterrupted", "StopOnSignal",
            "ResumeChanges", "RunDirGuard", "write_atomic", "read_checkpoint", "prepare_run_dir", "delete_run", "holds_run",
-           "existing_run", "FINISHED", "UNFINISHED",
+           "existing_run", "setting_conflicts", "FINISHED", "UNFINISHED",
            "config_changes", "check_resume", "FREE_KEYS", "FIXED_KEYS"]
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,20 @@ def existing_run(run_dir: str | Path) -> dict | Path | None:
             return found
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     return ckpt if ckpt.is_file() else None
+
+
+def setting_conflicts(run_dir: str | Path, cfg: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """``{key: (stored, now)}`` where the config stored in ``run_dir``'s last checkpoint gives another value than
+    ``cfg`` (budgets, paths and the logger aside; a key only one of them has is no conflict): a relaunch that
+    would skip an ended run checks that it is this setting's (a search's ``trial<k>`` directory from another
+    search). Nothing to compare (no checkpoint, or one without a config): ``{}``."""
+    ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
+    stored = read_checkpoint(ckpt).get("npnn_config") if ckpt.is_file() else None
+    if stored is None:
+        return {}
+    allowed = [*FREE_KEYS, *(cfg.get("resume_changes") or [])]
+    return {k: v for k, v in config_changes(stored, run_config(cfg)).items()
+            if "<absent>" not in v and not _under(k, allowed)}
 
 
 def delete_run(paths: list[Path]) -> None:

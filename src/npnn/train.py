@@ -28,8 +28,8 @@ from npnn.data import InMemoryDataModule, Splits
 from npnn.module import Growth, NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS
 from npnn.optim import ParametricOptimizer
-from npnn.runs import (FINISHED, AtomicCheckpointIO, ResumeChanges, StopOnSignal, check_resume, delete_run,
-                       existing_run, prepare_run_dir, read_checkpoint, write_atomic)
+from npnn.runs import (FINISHED, AtomicCheckpointIO, ResumeChanges, RunDirError, StopOnSignal, check_resume, delete_run,
+                       existing_run, prepare_run_dir, read_checkpoint, setting_conflicts, write_atomic)
 
 __all__ = ["main", "build", "validate_config", "steps_per_call", "ConfigError", "final_errors"]
 
@@ -241,6 +241,11 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     overwrite = cfg.get("overwrite", False)
     if cfg.get("resume_existing") and cfg.get("ckpt_path") is None and not overwrite:  # a relaunched sweep
         found = existing_run(run_dir)
+        conflicts = setting_conflicts(run_dir, cfg) if isinstance(found, dict) else {}
+        if conflicts:  # e.g. trial<k> of another random search: skipping it would report another setting's run
+            lines = "\n".join(f"  {k}: that run {old!r}, this run {new!r}" for k, (old, new) in conflicts.items())
+            raise RunDirError(f"{run_dir} holds an ended run of another setting:\n{lines}\nGive this sweep its own "
+                              f"hydra.sweep.dir, or overwrite=true to replace that run")
         if isinstance(found, dict) and found.get("stopped_by") in FINISHED:
             log.info("%s holds this run, finished (stopped_by %s): skipped", run_dir, found.get("stopped_by"))
             return found
