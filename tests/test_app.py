@@ -337,6 +337,16 @@ def test_a_resumed_run_reports_the_time_of_every_fit(tmp_path):
     assert partial["wall_time_s"] < resumed["wall_time_s"]  # the earlier fits are not counted: unknown
 
 
+def test_a_resume_past_a_lowered_epoch_budget_ends_at_its_checkpoint(tmp_path):
+    main(tiny("trainer.max_epochs=3", "protocol=none"), tmp_path / "a")
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    first = json.loads((tmp_path / "a" / "summary.json").read_text())
+    again = main(tiny("trainer.max_epochs=2", "protocol=none", f"ckpt_path={ckpt}"), tmp_path / "a")
+    assert again["stopped_by"] == "budget" and again["steps_trained"] == first["steps_trained"]
+    assert again["epochs"] == first["epochs"] == 3 and again["hidden_sizes"] == first["hidden_sizes"]
+    assert again["test_error"] == first["test_error"]  # the same network, evaluated again
+
+
 def test_checkpoint_from_another_network_is_refused(tmp_path):
     run_steps(tmp_path / "a", 5, every=5)
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"

@@ -170,11 +170,11 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
     """Everything a run needs, from its config."""
     validate_config(cfg)
     run_dir = Path(run_dir)
-    stored, changes, resumed_k = None, {}, None
+    stored, changes, resumed_k, resumed_epoch = None, {}, None, 0
     if cfg.get("ckpt_path") is not None:  # read it now: a bad file or changed settings fail before any work
         checkpoint = read_checkpoint(cfg.ckpt_path)
         stored, changes = checkpoint.get("npnn_config"), check_resume(checkpoint, cfg, cfg.ckpt_path)
-        resumed_k = checkpoint["npnn"]["steps_per_call"]
+        resumed_k, resumed_epoch = checkpoint["npnn"]["steps_per_call"], int(checkpoint.get("epoch", 0))
         del checkpoint
     pl.seed_everything(cfg.seed, workers=True)
     model = cfg.model
@@ -218,6 +218,12 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
     logger = [instantiate(spec, save_dir=str(run_dir)) for spec in specs if spec.get("_target_")] or False
     trainer = _construct("trainer", lambda: instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
                                                         default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()]))
+    if trainer.max_epochs not in (None, -1) and resumed_epoch > trainer.max_epochs:
+        # a budget lowered below the checkpoint's epoch (Lightning would refuse it): the run ends at its
+        # checkpoint, stopped by its budget, as a run with the lower budget from the start would have
+        log.warning("%s is at epoch %d, past trainer.max_epochs=%d: the run ends there (stopped_by: budget)",
+                    cfg.ckpt_path, resumed_epoch, trainer.max_epochs)
+        trainer.fit_loop.max_epochs = resumed_epoch
     return trainer, module, datamodule
 
 
