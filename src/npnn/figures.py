@@ -175,7 +175,7 @@ def fig2_figure(points: list[dict[str, Any]], dataset: str):
     def thousands(v, _=None, minor=False):  # 20k, 50k, 100k, 200k; no label on the other minor ticks
         if v <= 0 or (minor and round(v / 10 ** math.floor(math.log10(v))) not in (2, 5)):
             return ""
-        return f"{v / 1000:g}k" if v >= 1000 else f"{v:g}"
+        return f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1000:g}k" if v >= 1000 else f"{v:g}"
 
     ax.xaxis.set_major_formatter(FuncFormatter(thousands))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: thousands(v, minor=True)))
