@@ -75,7 +75,10 @@ same_inputs() {  # what a stage ran with ($2) against its last launch's (file $1
 sweep() {  # a multirun into $1 on the launcher. Failed runs (diverged, chance level: VCE 1 to the picks) are
   local dir="$1"; shift  # reported; a run that did not end (killed, a signal, trainer.max_time) stops the script
   same_inputs "$dir/.reproduce_args" "$(printf '%s\n' "$@" | grep -v '^hydra.sweeper.n_jobs=')"
-  python train.py -m "$@" "${LAUNCH[@]}" "${COMMON[@]}" "hydra.sweep.dir='$dir'" || say "a run of $dir failed"
+  local rc=0
+  python train.py -m "$@" "${LAUNCH[@]}" "${COMMON[@]}" "hydra.sweep.dir='$dir'" || rc=$?
+  [ "$rc" = 3 ] && die "$dir holds runs of another setting (above): give this reproduction another --runs"
+  [ "$rc" = 0 ] || say "a run of $dir failed"
   python - "$dir" <<'EOF'
 import json, sys
 from pathlib import Path

@@ -2,7 +2,8 @@
 
 Hydra: python train.py --help lists the config groups; -m runs sweeps. The work is in npnn.train.
 Exit codes: 0 done, 1 an error (a bad value, file or directory; a run that diverged or learned
-nothing), 128 + N stopped by signal N (SIGTERM: 143, SIGINT: 130) after writing a checkpoint.
+nothing), 3 a relaunched sweep found another setting's run in its directory (the sweep stops),
+128 + N stopped by signal N (SIGTERM: 143, SIGINT: 130) after writing a checkpoint.
 """
 import logging
 
@@ -17,13 +18,16 @@ def main(cfg: DictConfig) -> float:
 
     from npnn.data.download import DataUnavailableError
     from npnn.module import TrainingError
-    from npnn.runs import CheckpointError, RunDirError, RunInterrupted
+    from npnn.runs import CheckpointError, RunDirError, RunInterrupted, SettingConflictError
     from npnn.train import ConfigError, main as train
 
     try:
         return train(cfg)["val_error"]  # the value a sweeper minimises
     except RunInterrupted as err:  # the scheduler wants the process gone: the whole sweep stops too
         raise SystemExit(128 + err.signum) from None
+    except SettingConflictError as err:  # a sweep into another sweep's directory: stop it all, touch nothing
+        logging.getLogger("npnn.train").error("%s", err)
+        raise SystemExit(3) from None
     except (ConfigError, CheckpointError, RunDirError, DataUnavailableError, TrainingError) as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             if cfg.get("sweep_failure_value") is not None and isinstance(err, TrainingError):

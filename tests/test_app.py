@@ -337,11 +337,14 @@ def test_a_resumed_run_reports_the_time_of_every_fit(tmp_path):
     assert partial["wall_time_s"] < resumed["wall_time_s"]  # the earlier fits are not counted: unknown
 
 
-def test_a_resume_past_a_lowered_epoch_budget_ends_at_its_checkpoint(tmp_path):
+def test_a_resume_past_a_lowered_epoch_budget_ends_at_its_checkpoint(tmp_path, caplog):
     main(tiny("trainer.max_epochs=3", "protocol=none"), tmp_path / "a")
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
     first = json.loads((tmp_path / "a" / "summary.json").read_text())
-    again = main(tiny("trainer.max_epochs=2", "protocol=none", f"ckpt_path={ckpt}"), tmp_path / "a")
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 2  # saved before Lightning counts the epoch done
+    with caplog.at_level("WARNING", logger="npnn.train"):  # Lightning raised MisconfigurationException here
+        again = main(tiny("trainer.max_epochs=1", "protocol=none", f"ckpt_path={ckpt}"), tmp_path / "a")
+    assert "is at epoch 2, past trainer.max_epochs=1: the run ends there" in caplog.text
     assert again["stopped_by"] == "budget" and again["steps_trained"] == first["steps_trained"]
     assert again["epochs"] == first["epochs"] == 3 and again["hidden_sizes"] == first["hidden_sizes"]
     assert again["test_error"] == first["test_error"]  # the same network, evaluated again

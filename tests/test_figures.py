@@ -251,7 +251,7 @@ def test_the_claim_follows_the_search_in_draw_order_and_picks_by_vce(tmp_path):
     assert len(search_curve(gather([gapped]))) == 1
     claim([tmp_path / "np"], [gapped], tmp_path / "out")
     table = (tmp_path / "out" / "claim_mnist.md").read_text()
-    assert "1 trials, 0.02 CPU hours" in table and "Left out: the 1 run(s) from trial 1 on" in table
+    assert "1 trials, 0.02 CPU hours" in table and "Left out: every trial from trial 1 on (1 with a summary)" in table
     with pytest.raises(ValueError, match="no trial of the random search on mnist ended"):
         claim([tmp_path / "np"], [random_search(tmp_path / "s4", [(0, 0.05, 0.05, 60, "signal")])], tmp_path / "out")
     with pytest.raises(ValueError, match="the same trial number"):

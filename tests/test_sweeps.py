@@ -2,6 +2,7 @@
 table and the paper's picks (sections 7.4.1 / 7.4.2)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -212,11 +213,17 @@ def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path):
     assert len(gather([tmp_path / "sweep"])) == 4  # the same 4 settings: no new run directory
     assert sorted(p.name for p in (tmp_path / "sweep").glob("trial*")) == ["trial0", "trial1", "trial2", "trial3"]
     # another sampler seed draws other settings into the same trial<k> directories: refused, not skipped
+    settings = sorted((r["run_dir"], r["setting"]) for r in gather([tmp_path / "sweep"]))
     other = subprocess.run([*args, "hydra.sweeper.sampler.seed=1"], cwd=tmp_path, capture_output=True, text=True,
                            timeout=600, env=env)
     log = other.stdout + other.stderr
-    assert log.count("): skipped") == 0 and log.count("holds an ended run of another setting") >= finished > 0
-    assert "random_search.width1: that run" in log and "Give this sweep its own hydra.sweep.dir" in log
+    assert other.returncode == 3 and log.count("): skipped") == 0  # the first conflict stops the whole sweep
+    assert "holds an ended run of another setting" in log and "random_search.width1: that run" in log
+    assert "Give this sweep its own hydra.sweep.dir" in log
+    # Hydra rewrote trial0/.hydra/ before the refusal; the runs' settings still come from their summaries
+    assert sorted((r["run_dir"], r["setting"]) for r in gather([tmp_path / "sweep"])) == settings
+    assert all(json.loads((tmp_path / "sweep" / f"trial{k}" / "summary.json").read_text())["overrides"]
+               for k in range(4) if (tmp_path / "sweep" / f"trial{k}" / "summary.json").is_file())
 
 
 def test_the_size_of_a_sweep_is_counted_from_its_overrides():

@@ -569,8 +569,8 @@ def claim(np_dirs, random_dirs, out: str | Path = "results") -> list[Path]:
                  f"The random search: {len(curve)} trials, {end['cpu_s'] / hours:.2f} CPU hours in all; after "
                  f"all of them it picks (lowest VCE) a {end['pick_sizes']} net with VCE {_pct(end['pick_vce'])}, "
                  f"TCE {_pct(end['pick_tce'])}; its lowest TCE of any trial is {_pct(end['oracle_tce'])}."
-                 + (f" Left out: the {later} run(s) from trial {len(curve)} on, as trial {len(curve)} has not "
-                    "ended (under way, or stopped and resumable)." if later else ""), "",
+                 + (f" Left out: every trial from trial {len(curve)} on ({later} with a summary), as trial "
+                    f"{len(curve)} has not ended (under way, or stopped and resumable)." if later else ""), "",
                  "Trials in draw order (`hydra.job.num`), as one worker would run them; CPU time is each run's "
                  "`cpu_time_s` (process CPU seconds, all threads, over every fit of the run). \"search, pick\": "
                  "the CPU time until the trial with the lowest VCE so far has a TCE at most the NP run's (the "

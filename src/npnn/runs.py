@@ -35,7 +35,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 
 from npnn.module import TrainingError
 
-__all__ = ["AtomicCheckpointIO", "CheckpointError", "RunDirError", "RunInterrupted", "StopOnSignal",
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "RunDirError", "SettingConflictError", "RunInterrupted", "StopOnSignal",
            "ResumeChanges", "RunDirGuard", "write_atomic", "read_checkpoint", "prepare_run_dir", "delete_run", "holds_run",
            "existing_run", "setting_conflicts", "FINISHED", "UNFINISHED",
            "config_changes", "check_resume", "FREE_KEYS", "FIXED_KEYS"]
@@ -60,6 +60,10 @@ class CheckpointError(ValueError):
 
 class RunDirError(FileExistsError):
     """A fresh run pointed at a directory that already holds a run."""
+
+
+class SettingConflictError(RunDirError):
+    """A relaunched sweep found an ended run of another setting in one of its run directories."""
 
 
 class RunInterrupted(TrainingError):

@@ -56,7 +56,7 @@ def gather(dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
             summary = json.loads(path.read_text())
             row = {key: summary.get(key) for key in COLUMNS}
             row["run_dir"] = str(path.parent)
-            row["setting"] = setting(_overrides(path.parent))
+            row["setting"] = setting(summary.get("overrides") or _overrides(path.parent))  # .hydra/: older runs
             row["hidden_sizes"] = "-".join(map(str, summary.get("hidden_sizes") or []))
             rows.append(row)
     return rows

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -28,7 +29,7 @@ from npnn.data import InMemoryDataModule, Splits
 from npnn.module import Growth, NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS
 from npnn.optim import ParametricOptimizer
-from npnn.runs import (FINISHED, AtomicCheckpointIO, ResumeChanges, RunDirError, StopOnSignal, check_resume, delete_run,
+from npnn.runs import (FINISHED, AtomicCheckpointIO, ResumeChanges, SettingConflictError, StopOnSignal, check_resume, delete_run,
                        existing_run, prepare_run_dir, read_checkpoint, setting_conflicts, write_atomic)
 
 __all__ = ["main", "build", "validate_config", "steps_per_call", "ConfigError", "final_errors"]
@@ -220,7 +221,7 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
                                                         default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()]))
     if trainer.max_epochs not in (None, -1) and resumed_epoch > trainer.max_epochs:
         # a budget lowered below the checkpoint's epoch (Lightning would refuse it): the run ends at its
-        # checkpoint, stopped by its budget, as a run with the lower budget from the start would have
+        # checkpoint, stopped by its budget (its epochs are the checkpoint's, more than the budget)
         log.warning("%s is at epoch %d, past trainer.max_epochs=%d: the run ends there (stopped_by: budget)",
                     cfg.ckpt_path, resumed_epoch, trainer.max_epochs)
         trainer.fit_loop.max_epochs = resumed_epoch
@@ -239,8 +240,8 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     A run that cannot go on (diverged, constant network, chance level, a signal) still writes
     ``summary.json`` with ``stopped_by`` and ``error``; then the error is raised again.
     """
-    if run_dir is None:
-        from hydra.core.hydra_config import HydraConfig
+    launched_by_hydra = run_dir is None
+    if launched_by_hydra:
         run_dir = HydraConfig.get().runtime.output_dir
     run_dir = Path(run_dir)
     validate_config(cfg)
@@ -250,8 +251,8 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         conflicts = setting_conflicts(run_dir, cfg) if isinstance(found, dict) else {}
         if conflicts:  # e.g. trial<k> of another random search: skipping it would report another setting's run
             lines = "\n".join(f"  {k}: that run {old!r}, this run {new!r}" for k, (old, new) in conflicts.items())
-            raise RunDirError(f"{run_dir} holds an ended run of another setting:\n{lines}\nGive this sweep its own "
-                              f"hydra.sweep.dir, or overwrite=true to replace that run")
+            raise SettingConflictError(f"{run_dir} holds an ended run of another setting:\n{lines}\nGive this sweep "
+                                       f"its own hydra.sweep.dir, or overwrite=true to replace that run")
         if isinstance(found, dict) and found.get("stopped_by") in FINISHED:
             log.info("%s holds this run, finished (stopped_by %s): skipped", run_dir, found.get("stopped_by"))
             return found
@@ -317,6 +318,8 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "stopped_by": stopped_by,
         "protocol": protocol.history if protocol is not None else [],
     }
+    if launched_by_hydra:  # the run's own setting (Hydra rewrites .hydra/ at every launch into this directory)
+        summary["overrides"] = list(HydraConfig.get().overrides.task)
     if cfg.get("ckpt_path") is not None:
         changes = next(cb for cb in trainer.callbacks if isinstance(cb, ResumeChanges)).changes
         summary["resumed_from"] = str(cfg.ckpt_path)
