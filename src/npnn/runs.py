@@ -201,9 +201,8 @@ def setting_conflicts(run_dir: str | Path, cfg: DictConfig) -> dict[str, tuple[A
     stored = read_checkpoint(ckpt).get("npnn_config") if ckpt.is_file() else None
     if stored is None:
         return {}
-    allowed = [*FREE_KEYS, *(cfg.get("resume_changes") or [])]
-    return {k: v for k, v in config_changes(stored, run_config(cfg)).items()
-            if "<absent>" not in v and not _under(k, allowed)}
+    allowed = list(cfg.get("resume_changes") or [])
+    return {k: v for k, v in setting_changes(stored, cfg).items() if "<absent>" not in v and not _under(k, allowed)}
 
 
 def delete_run(paths: list[Path]) -> None:
@@ -271,6 +270,12 @@ def run_config(cfg: DictConfig) -> dict:
     return container
 
 
+def setting_changes(stored: dict, cfg: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """``{key: (stored, now)}`` for each key whose value ``cfg`` changes from the stored run config's, budgets,
+    paths and display aside (``FREE_KEYS``)."""
+    return {k: v for k, v in config_changes(stored, run_config(cfg)).items() if not _under(k, FREE_KEYS)}
+
+
 def check_resume(checkpoint: dict, cfg: DictConfig, path: str | Path,
                  quiet: bool = False) -> dict[str, tuple[Any, Any]]:
     """Compare the run's config with the checkpoint's; return the accepted changes (``resume_changes``),
@@ -293,7 +298,7 @@ def check_resume(checkpoint: dict, cfg: DictConfig, path: str | Path,
     if bad:
         raise CheckpointError(f"resume_changes={bad}: these keys cannot change on resume (the data, its order or the "
                               f"network's structure would differ from the checkpoint's); start a new run instead")
-    changes = {k: v for k, v in config_changes(stored, run_config(cfg)).items() if not _under(k, FREE_KEYS)}
+    changes = setting_changes(stored, cfg)
     refused = {k: v for k, v in changes.items() if not _under(k, allowed)}
     if refused:
         lines = "\n".join(f"  {k}: checkpoint {old!r}, this run {new!r}" for k, (old, new) in refused.items())
