@@ -155,6 +155,23 @@ def test_table2_puts_the_lowest_vce_p_run_of_each_size_beside_the_papers_row(tmp
         "299-258-259-129, 0% |" in text
     # alpha = 1000 has the lowest VCE (its TCE is not the lowest); the paper's P row of the lambda = 1e-3 size
     assert "| parametric, RMSprop alpha = 1000 (lowest VCE of 3) | | 30-20-15-5 | unchanged | 0.4% | 30.0 | 5 s | 0.20% |" in text
+    # every step size, in order; the lowest VCE inside the grid, a run that has not ended said so
+    make_run(tmp_path / "p" / "alpha=10000", ["optimizer.alpha=10000"], dataset="poker", stopped_by="signal",
+             **{"model": "parametric", "optimizer": "rmsprop", "step_size": 10000, "lambda": 0.0, "cpu_time_s": 7.0},
+             hidden_sizes=[30, 20, 15, 5], weights=900, val_error=0.4, test_error=0.4, epochs=2.0)
+    make_run(tmp_path / "np" / "c", ["experiment=table2_np_lambda1e-6"], dataset="poker", **{"lambda": 1e-6},
+             hidden_sizes=[50, 50, 50, 50], weights=8e3, test_error=0.3, val_error=0.3, epochs=5.0, stopped_by="signal")
+    grid = table2([tmp_path / "np"], [tmp_path / "p"], None, tmp_path / "out").split("step sizes")[1].splitlines()
+    assert [line.split(" | ")[1] for line in grid if line.startswith("| 30-")] == ["300", "1000", "3000", "10000"]
+    # stopped from outside: it resumes, it has not failed
+    assert "| nonparametric: not ended (signal) | 1e-06 | | 50-50-50-50 | - | 5.0 |" in \
+        table2([tmp_path / "np"], out=tmp_path / "out")
+    assert "| 30-20-15-5 | 1000 | 0.1% | 0.4% | 30.0 | - | lowest VCE |" in grid
+    assert "| 30-20-15-5 | 10000 | - | - | 2.0 | 7 s | not ended (signal) |" in grid
+    (tmp_path / "p" / "alpha=300" / "summary.json").write_text((tmp_path / "p" / "alpha=300" / "summary.json")
+                                                                .read_text().replace('"val_error": 0.002', '"val_error": 0.0005'))
+    assert "| 30-20-15-5 | 300 | 0.05% | 0.3% | 30.0 | - | lowest VCE: on the grid's edge, widen it |" in \
+        table2([tmp_path / "np"], [tmp_path / "p"], None, tmp_path / "out")
 
 
 def test_the_figures_command_names_a_missing_directory_and_an_empty_one(tmp_path, capsys):

@@ -462,23 +462,49 @@ def table2(np_dirs, p_dirs=(), baselines: str | Path | None = None, out: str | P
     for key in sorted({r["setting"] for r in np_rows} - picked):  # a setting none of whose runs ended: said so
         run = next(r for r in np_rows if r["setting"] == key)
         paper = PAPER_TABLE2["np"].get(float(run["lambda"]))
-        lines.append(f"| nonparametric: failed ({run['stopped_by']}) | {float(run['lambda']):g} | | {run['hidden_sizes']} | "
+        state = "not ended" if run["stopped_by"] in UNFINISHED else "failed"  # not ended: a relaunch resumes it
+        lines.append(f"| nonparametric: {state} ({run['stopped_by']}) | {float(run['lambda']):g} | | {run['hidden_sizes']} | "
                      f"- | {float(run['epochs']):.1f} | {_wall(run)} | "
                      f"{f'{paper[1]}, {paper[2]}' if paper else '-'} |")
-    p_rows = [r for r in gather(p_dirs) if r["model"] == "parametric" and r["dataset"] == "poker"
-              and r["stopped_by"] in FINISHED]
+    p_all = [r for r in gather(p_dirs) if r["model"] == "parametric" and r["dataset"] == "poker"]
+    p_rows = [r for r in p_all if r["stopped_by"] in FINISHED]
+    bests = {}  # per size, the run with the lowest VCE (7.4.2 step 2)
     for sizes in sorted({r["hidden_sizes"] for r in p_rows}, key=lambda h: sum(map(int, h.split("-")))):
         runs = [r for r in p_rows if r["hidden_sizes"] == sizes]
-        best = min(runs, key=lambda r: (float(r["val_error"]), r["run_dir"]))  # by VCE (7.4.2 step 2)
+        best = bests[sizes] = min(runs, key=lambda r: (float(r["val_error"]), r["run_dir"]))
         paper = PAPER_TABLE2["p"].get(sizes) or paper_p_of.get(sizes)
         lines.append(f"| parametric, RMSprop alpha = {float(best['step_size']):g} (lowest VCE of {len(runs)}) | | {sizes} | "
                      f"unchanged | {_pct(float(best['test_error']))} | {float(best['epochs']):.1f} | "
                      f"{_wall(best)} | {paper or '-'} |")
+    lines += _p_grid_lines(p_all, bests)
     text = "\n".join(lines) + "\n"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table2.md").write_text(text)
     return text
+
+
+def _p_grid_lines(p_all: list[dict[str, Any]], bests: dict[str, dict[str, Any]]) -> list[str]:
+    """Every P run of Table 2 by size and step size, so a reader sees whether the lowest VCE lies inside the grid
+    (7.4.2 step 2) or on its edge, where the grid wants widening."""
+    if not p_all:
+        return []
+    lines = ["", "The P rows' step sizes (the lowest VCE of each size is the row above):", "",
+             "| size | alpha | VCE | TCE | epochs | CPU | |", "|---" * 7 + "|"]
+    for sizes in sorted({r["hidden_sizes"] for r in p_all}, key=lambda h: sum(map(int, h.split("-")))):
+        runs = sorted((r for r in p_all if r["hidden_sizes"] == sizes), key=lambda r: float(r["step_size"]))
+        best = bests.get(sizes)
+        edges = (float(runs[0]["step_size"]), float(runs[-1]["step_size"])) if len(runs) > 1 else ()
+        for r in runs:
+            ok = r["stopped_by"] in FINISHED
+            note = "" if ok else f"{'not ended' if r['stopped_by'] in UNFINISHED else 'failed'} ({r['stopped_by']})"
+            if r is best:
+                note = "lowest VCE" + (": on the grid's edge, widen it" if float(r["step_size"]) in edges else "")
+            cpu = f"{float(r['cpu_time_s']):.0f} s" if r["cpu_time_s"] is not None else "-"
+            vce, tce = (_pct(float(r["val_error"])), _pct(float(r["test_error"]))) if ok else ("-", "-")
+            lines.append(f"| {sizes} | {float(r['step_size']):g} | {vce} | {tce} | {float(r['epochs']):.1f} | {cpu} | "
+                         f"{note} |")
+    return lines
 
 
 # -------------------------------------------------------------------------------------- the practical claim
