@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from npnn.config import CONF_DIR
-from npnn.sweeps import best_settings, gather, main as sweeps_main, representatives, sweep_size
+from npnn.sweeps import best_settings, gather, main as sweeps_main, progress, representatives, sweep_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -229,3 +229,13 @@ def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path):
 def test_the_size_of_a_sweep_is_counted_from_its_overrides():
     assert sweep_size(["lambda=1e-3,3e-3", "seed=range(10)", "dataset=mnist"]) == 20
     assert sweep_size(["optimizer=sgd,adam", "optimizer.lr=tag(log, interval(1, 100000))"]) is None
+
+
+def test_the_progress_line_counts_a_run_stopped_by_a_signal_as_stopped_not_failed(tmp_path):
+    for name, stopped_by in [("a", "protocol"), ("b", "budget"), ("c", "diverged"), ("d", "signal"), ("e", "time"),
+                             ("f", None)]:
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        if stopped_by:
+            (tmp_path / name / "summary.json").write_text(json.dumps({"stopped_by": stopped_by}))
+    (tmp_path / "not_a_run").mkdir()  # no .hydra/: not counted
+    assert progress(tmp_path) == {"finished": 2, "failed": 1, "running": 3}

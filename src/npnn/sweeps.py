@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
-from npnn.runs import FINISHED
+from npnn.runs import FINISHED, UNFINISHED
 
 __all__ = ["gather", "write_table", "setting", "representatives", "best_settings", "pick_config", "write_picks",
            "grid_table", "sweep_size", "progress", "SweepProgress", "COLUMNS"]
@@ -204,16 +204,14 @@ def sweep_size(overrides: Iterable[str]) -> int | None:
 
 
 def progress(sweep_dir: str | Path) -> dict[str, int]:
-    """Runs of a sweep directory so far: ``finished``, ``failed`` (a summary with another ending) and
-    ``running`` (started, no summary yet)."""
+    """Runs of a sweep directory so far: ``finished``, ``failed`` (ended another way: diverged, chance level...)
+    and ``running`` (started, no summary yet, or stopped from outside by a signal or time limit: it resumes)."""
     counts = {"finished": 0, "failed": 0, "running": 0}
     for run_dir in (p for p in Path(sweep_dir).iterdir() if p.is_dir() and (p / ".hydra").is_dir()):
         summary = run_dir / "summary.json"
-        if not summary.is_file():
-            counts["running"] += 1
-        else:
-            ended = json.loads(summary.read_text()).get("stopped_by") in FINISHED
-            counts["finished" if ended else "failed"] += 1
+        stopped_by = json.loads(summary.read_text()).get("stopped_by") if summary.is_file() else None
+        counts["finished" if stopped_by in FINISHED else
+               "running" if stopped_by is None or stopped_by in UNFINISHED else "failed"] += 1
     return counts
 
 
