@@ -435,6 +435,16 @@ def _wall(run: dict[str, Any]) -> str:
     return f"{float(run['wall_time_s']):.0f} s{' (the last fit only: resumed)' if partial else ''}"
 
 
+def _by_total_units(sizes) -> list[str]:
+    """Hidden sizes such as "39-17-17-7", smallest net first."""
+    return sorted(set(sizes), key=lambda h: sum(map(int, h.split("-"))))
+
+
+def _unended(run: dict[str, Any]) -> str:
+    """How a run that did not end is labelled: "not ended" resumes on a relaunch, "failed" does not."""
+    return f"{'not ended' if run['stopped_by'] in UNFINISHED else 'failed'} ({run['stopped_by']})"
+
+
 def table2(np_dirs, p_dirs=(), baselines: str | Path | None = None, out: str | Path = "results") -> str:
     """Table 2 (poker): the baselines (``python -m npnn.baselines --out FILE``'s JSON), the NP runs (one row per
     setting: its representative), and per P size the run with the lowest VCE (7.4.2 step 2), beside the paper's
@@ -462,14 +472,13 @@ def table2(np_dirs, p_dirs=(), baselines: str | Path | None = None, out: str | P
     for key in sorted({r["setting"] for r in np_rows} - picked):  # a setting none of whose runs ended: said so
         run = next(r for r in np_rows if r["setting"] == key)
         paper = PAPER_TABLE2["np"].get(float(run["lambda"]))
-        state = "not ended" if run["stopped_by"] in UNFINISHED else "failed"  # not ended: a relaunch resumes it
-        lines.append(f"| nonparametric: {state} ({run['stopped_by']}) | {float(run['lambda']):g} | | {run['hidden_sizes']} | "
+        lines.append(f"| nonparametric: {_unended(run)} | {float(run['lambda']):g} | | {run['hidden_sizes']} | "
                      f"- | {float(run['epochs']):.1f} | {_wall(run)} | "
                      f"{f'{paper[1]}, {paper[2]}' if paper else '-'} |")
     p_all = [r for r in gather(p_dirs) if r["model"] == "parametric" and r["dataset"] == "poker"]
     p_rows = [r for r in p_all if r["stopped_by"] in FINISHED]
     bests = {}  # per size, the run with the lowest VCE (7.4.2 step 2)
-    for sizes in sorted({r["hidden_sizes"] for r in p_rows}, key=lambda h: sum(map(int, h.split("-")))):
+    for sizes in _by_total_units(r["hidden_sizes"] for r in p_rows):
         runs = [r for r in p_rows if r["hidden_sizes"] == sizes]
         best = bests[sizes] = min(runs, key=lambda r: (float(r["val_error"]), r["run_dir"]))
         paper = PAPER_TABLE2["p"].get(sizes) or paper_p_of.get(sizes)
@@ -491,13 +500,13 @@ def _p_grid_lines(p_all: list[dict[str, Any]], bests: dict[str, dict[str, Any]])
         return []
     lines = ["", "The P rows' step sizes (the lowest VCE of each size is the row above):", "",
              "| size | alpha | VCE | TCE | epochs | CPU | |", "|---" * 7 + "|"]
-    for sizes in sorted({r["hidden_sizes"] for r in p_all}, key=lambda h: sum(map(int, h.split("-")))):
+    for sizes in _by_total_units(r["hidden_sizes"] for r in p_all):
         runs = sorted((r for r in p_all if r["hidden_sizes"] == sizes), key=lambda r: float(r["step_size"]))
         best = bests.get(sizes)
         edges = (float(runs[0]["step_size"]), float(runs[-1]["step_size"])) if len(runs) > 1 else ()
         for r in runs:
             ok = r["stopped_by"] in FINISHED
-            note = "" if ok else f"{'not ended' if r['stopped_by'] in UNFINISHED else 'failed'} ({r['stopped_by']})"
+            note = "" if ok else _unended(r)
             if r is best:
                 note = "lowest VCE" + (": on the grid's edge, widen it" if float(r["step_size"]) in edges else "")
             cpu = f"{float(r['cpu_time_s']):.0f} s" if r["cpu_time_s"] is not None else "-"
