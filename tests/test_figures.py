@@ -172,6 +172,13 @@ def test_table2_puts_the_lowest_vce_p_run_of_each_size_beside_the_papers_row(tmp
                                                                 .read_text().replace('"val_error": 0.002', '"val_error": 0.0005'))
     assert "| 30-20-15-5 | 300 | 0.05% | 0.3% | 30.0 | - | lowest VCE: on the grid's edge, widen it |" in \
         table2([tmp_path / "np"], [tmp_path / "p"], None, tmp_path / "out")
+    # a tie in VCE is said so; it goes to the first run directory by name ("alpha=1000" before "alpha=300")
+    (tmp_path / "p" / "alpha=1000" / "summary.json").write_text((tmp_path / "p" / "alpha=1000" / "summary.json")
+                                                                 .read_text().replace('"val_error": 0.001', '"val_error": 0.0005'))
+    text = table2([tmp_path / "np"], [tmp_path / "p"], None, tmp_path / "out")
+    assert "| 30-20-15-5 | 1000 | 0.05% | 0.4% | 30.0 | - | lowest VCE |" in text
+    assert "| 30-20-15-5 | 300 | 0.05% | 0.3% | 30.0 | - | ties the lowest VCE (a tie goes to the first run directory " \
+        "by name) |" in text
 
 
 def test_the_figures_command_names_a_missing_directory_and_an_empty_one(tmp_path, capsys):

@@ -509,6 +509,8 @@ def _p_grid_lines(p_all: list[dict[str, Any]], bests: dict[str, dict[str, Any]])
             note = "" if ok else _unended(r)
             if r is best:
                 note = "lowest VCE" + (": on the grid's edge, widen it" if float(r["step_size"]) in edges else "")
+            elif ok and best is not None and float(r["val_error"]) == float(best["val_error"]):
+                note = "ties the lowest VCE (a tie goes to the first run directory by name)"
             cpu = f"{float(r['cpu_time_s']):.0f} s" if r["cpu_time_s"] is not None else "-"
             vce, tce = (_pct(float(r["val_error"])), _pct(float(r["test_error"]))) if ok else ("-", "-")
             lines.append(f"| {sizes} | {float(r['step_size']):g} | {vce} | {tce} | {float(r['epochs']):.1f} | {cpu} | "
