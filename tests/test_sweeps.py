@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -224,6 +225,13 @@ def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path):
     assert sorted((r["run_dir"], r["setting"]) for r in gather([tmp_path / "sweep"])) == settings
     assert all(json.loads((tmp_path / "sweep" / f"trial{k}" / "summary.json").read_text())["overrides"]
                for k in range(4) if (tmp_path / "sweep" / f"trial{k}" / "summary.json").is_file())
+    # a run record kept without its checkpoint (committed, runs/full): the config in summary.json is checked
+    for ckpt_dir in (tmp_path / "sweep").glob("trial*/checkpoints"):
+        shutil.rmtree(ckpt_dir)
+    other = subprocess.run([*args, "hydra.sweeper.sampler.seed=1"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=600, env=env)
+    log = other.stdout + other.stderr
+    assert other.returncode == 3 and "holds an ended run of another setting" in log, log[-3000:]
 
 
 def test_the_size_of_a_sweep_is_counted_from_its_overrides():

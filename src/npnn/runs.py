@@ -196,9 +196,14 @@ def setting_conflicts(run_dir: str | Path, cfg: DictConfig) -> dict[str, tuple[A
     """``{key: (stored, now)}`` where the config stored in ``run_dir``'s last checkpoint gives another value than
     ``cfg`` (budgets, paths and the logger aside; a key only one of them has is no conflict): a relaunch that
     would skip an ended run checks that it is this setting's (a search's ``trial<k>`` directory from another
-    search). Nothing to compare (no checkpoint, or one without a config): ``{}``."""
+    search). Without a checkpoint (a run record committed without it) the config in ``summary.json`` is read.
+    Nothing to compare (neither holds a config: runs before it was recorded): ``{}``."""
     ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
-    stored = read_checkpoint(ckpt).get("npnn_config") if ckpt.is_file() else None
+    summary = Path(run_dir) / "summary.json"
+    if ckpt.is_file():
+        stored = read_checkpoint(ckpt).get("npnn_config")
+    else:
+        stored = json.loads(summary.read_text()).get("config") if summary.is_file() else None
     if stored is None:
         return {}
     allowed = list(cfg.get("resume_changes") or [])

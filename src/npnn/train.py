@@ -30,7 +30,7 @@ from npnn.module import Growth, NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS
 from npnn.optim import ParametricOptimizer
 from npnn.runs import (FINISHED, AtomicCheckpointIO, ResumeChanges, SettingConflictError, StopOnSignal, check_resume, delete_run,
-                       existing_run, prepare_run_dir, read_checkpoint, setting_conflicts, write_atomic)
+                       existing_run, prepare_run_dir, read_checkpoint, run_config, setting_conflicts, write_atomic)
 
 __all__ = ["main", "build", "validate_config", "steps_per_call", "ConfigError", "final_errors"]
 
@@ -317,6 +317,7 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "fit_wall_time_s": round(wall, 3), "threads": torch.get_num_threads(),  # CPU time counts every thread
         "stopped_by": stopped_by,
         "protocol": protocol.history if protocol is not None else [],
+        "config": run_config(cfg),  # a relaunch checks a skipped run's setting against it (no checkpoint needed)
     }
     if launched_by_hydra:  # the run's own setting (Hydra rewrites .hydra/ at every launch into this directory)
         summary["overrides"] = list(HydraConfig.get().overrides.task)
