@@ -225,6 +225,11 @@ def test_a_resume_refuses_changed_settings_and_applies_the_opted_in_ones(tmp_pat
     group = saved["optimizer_states"][0]["param_groups"][0]
     assert group["lam"] == 0.01 and group["alpha_r"] == pytest.approx(0.02 / 0.01)  # alpha_r_lambda / lambda
     assert saved["npnn_config"]["lambda"] == 0.01
+    # a budget the checkpoint has already spent: nothing trains, so no change is recorded as applied
+    summary = main(tiny("lambda=1e-1", "trainer.max_epochs=1", f"ckpt_path={ckpt}", "resume_changes=[lambda]"),
+                   tmp_path / "c")
+    assert summary["changed_on_resume"] == {} and summary["epochs"] == 1.0
+    assert summary["lambda"] == 0.1  # the config's; the network is the checkpoint's, trained with 0.001
 
 
 def test_an_opted_in_lambda_is_used_by_the_parametric_protocol_too(tmp_path):

@@ -329,6 +329,7 @@ class ResumeChanges(pl.Callback):
     def __init__(self, cfg: DictConfig, stored: dict | None = None, changes: dict | None = None) -> None:
         self.config = run_config(cfg)
         self.stored, self.changes = stored, dict(changes or {})
+        self.applied: dict = {}  # the changes once training resumed (none where the budget was already spent)
 
     def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
         checkpoint["npnn_config"] = self.config
@@ -356,6 +357,7 @@ class ResumeChanges(pl.Callback):
             until = new["model"]["growth"].get("until")  # e.g. a later growth.until
             module.growth.enabled = (protocol is None or protocol.phase == "grow") and \
                 (until is None or module.step_count < round(until * module.steps_per_epoch))
+        self.applied = dict(self.changes)
 
 
 # ----------------------------------------------------------------- signals

@@ -322,9 +322,13 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     if launched_by_hydra:  # the run's own setting (Hydra rewrites .hydra/ at every launch into this directory)
         summary["overrides"] = list(HydraConfig.get().overrides.task)
     if cfg.get("ckpt_path") is not None:
-        changes = next(cb for cb in trainer.callbacks if isinstance(cb, ResumeChanges)).changes
+        resume = next(cb for cb in trainer.callbacks if isinstance(cb, ResumeChanges))
+        if resume.changes and not resume.applied:  # Lightning skips training (and on_train_start) when it is done
+            log.warning("resume: the checkpoint had spent this run's budget, so nothing trained and resume_changes "
+                        "had no effect (%s); raise trainer.max_epochs or max_steps to train on",
+                        ", ".join(resume.changes))
         summary["resumed_from"] = str(cfg.ckpt_path)
-        summary["changed_on_resume"] = {k: list(v) for k, v in changes.items()}
+        summary["changed_on_resume"] = {k: list(v) for k, v in resume.applied.items()}
     if not used["complete"]:
         summary["time_complete"] = False  # resumed from a checkpoint that did not record its earlier time
     if failure is not None:  # sizes and errors above are those of the network at the failure, not the best one
