@@ -4,6 +4,7 @@ from __future__ import annotations
 import builtins
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -206,7 +207,7 @@ def test_sigint_stops_the_same_way(tmp_path):
 
 
 # ------------------------------------------------------------------ 3. resume
-def test_a_resume_refuses_changed_settings_and_applies_the_opted_in_ones(tmp_path):
+def test_a_resume_refuses_changed_settings_and_applies_the_opted_in_ones(tmp_path, caplog):
     main(tiny("trainer.max_epochs=1"), tmp_path / "a")
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
     with pytest.raises(CheckpointError, match=r"lambda: checkpoint 0.001, this run 0.1"):
@@ -226,10 +227,11 @@ def test_a_resume_refuses_changed_settings_and_applies_the_opted_in_ones(tmp_pat
     assert group["lam"] == 0.01 and group["alpha_r"] == pytest.approx(0.02 / 0.01)  # alpha_r_lambda / lambda
     assert saved["npnn_config"]["lambda"] == 0.01
     # a budget the checkpoint has already spent: nothing trains, so no change is recorded as applied
-    summary = main(tiny("lambda=1e-1", "trainer.max_epochs=1", f"ckpt_path={ckpt}", "resume_changes=[lambda]"),
-                   tmp_path / "c")
-    assert summary["changed_on_resume"] == {} and summary["epochs"] == 1.0
-    assert summary["lambda"] == 0.1  # the config's; the network is the checkpoint's, trained with 0.001
+    with caplog.at_level(logging.WARNING, logger="npnn.train"):
+        summary = main(tiny("lambda=1e-1", "trainer.max_epochs=1", f"ckpt_path={ckpt}", "resume_changes=[lambda]"),
+                       tmp_path / "c")
+    assert summary["changed_on_resume"] == {} and summary["epochs"] == 1.0 and "had no effect (lambda)" in caplog.text
+    assert summary["lambda"] == 0.001 and summary["config"]["lambda"] == 0.001  # the run's own, as trained
 
 
 def test_an_opted_in_lambda_is_used_by_the_parametric_protocol_too(tmp_path):

@@ -232,6 +232,10 @@ def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path):
                            timeout=600, env=env)
     log = other.stdout + other.stderr
     assert other.returncode == 3 and "holds an ended run of another setting" in log, log[-3000:]
+    assert log.count("): skipped") == 0
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    log = again.stdout + again.stderr  # the same search: the records' configs match, so it skips as before
+    assert again.returncode == 0 and log.count("): skipped") == finished, log[-3000:]
 
 
 def test_the_size_of_a_sweep_is_counted_from_its_overrides():

@@ -200,10 +200,9 @@ def setting_conflicts(run_dir: str | Path, cfg: DictConfig) -> dict[str, tuple[A
     Nothing to compare (neither holds a config: runs before it was recorded): ``{}``."""
     ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
     summary = Path(run_dir) / "summary.json"
-    if ckpt.is_file():
-        stored = read_checkpoint(ckpt).get("npnn_config")
-    else:
-        stored = json.loads(summary.read_text()).get("config") if summary.is_file() else None
+    stored = read_checkpoint(ckpt).get("npnn_config") if ckpt.is_file() else None
+    if stored is None and summary.is_file():
+        stored = json.loads(summary.read_text()).get("config")
     if stored is None:
         return {}
     allowed = list(cfg.get("resume_changes") or [])

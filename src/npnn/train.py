@@ -327,13 +327,14 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
             log.warning("resume: the checkpoint had spent this run's budget, so nothing trained and resume_changes "
                         "had no effect (%s); raise trainer.max_epochs or max_steps to train on",
                         ", ".join(resume.changes))
+            summary["config"], summary["lambda"] = resume.stored, resume.stored["lambda"]  # the run's, unchanged
         summary["resumed_from"] = str(cfg.ckpt_path)
         summary["changed_on_resume"] = {k: list(v) for k, v in resume.applied.items()}
     if not used["complete"]:
         summary["time_complete"] = False  # resumed from a checkpoint that did not record its earlier time
     if failure is not None:  # sizes and errors above are those of the network at the failure, not the best one
         summary["error"] = f"{type(failure).__name__}: {failure}"
-    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     image_loggers = [lg for lg in trainer.loggers if hasattr(lg, "log_image")]  # W&B: the run's plot as an image
     if image_loggers and any(run_dir.glob("logs/version_*/metrics.csv")):
         from npnn.plot import plot_run  # noqa: PLC0415
