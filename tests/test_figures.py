@@ -258,6 +258,9 @@ def test_the_claim_follows_the_search_in_draw_order_and_picks_by_vce(tmp_path):
     assert "| 1.1% | 0.50 h | not reached (4 trials) | 2.50 h (trial 3) |" in table
     assert "| 1.3% | 0.25 h | 4.50 h (trial 4) | 2.50 h (trial 3) |" in table
     assert table.index("| 1.3% |") < table.index("| 1.1% |")  # NP runs by CPU time
+    # every trial in draw order: job 2 (run7) is the third, its pick still job 0's TCE, the oracle its own
+    assert "| 3 | run7 | sgd | 100 | batchnorm | 90-20 | 6% | 1% | protocol | 3600 s | 2.50 h | 5% | 1% |" in table
+    assert "| 2 | run8 | sgd | 100 | batchnorm | 90-20 | 90% | 90% | diverged | 1800 s | 1.50 h | 5% | 5% |" in table
     # NP runs without a whole CPU time (older npnn, or resumed from its checkpoint) are left out, and named
     make_run(tmp_path / "np" / "c", ["lambda=1e-5"], test_error=0.001, cpu_time_s=None, stopped_by="protocol")
     make_run(tmp_path / "np" / "d", ["lambda=1e-6"], test_error=0.001, cpu_time_s=60, time_complete=False,

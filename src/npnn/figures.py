@@ -562,7 +562,7 @@ def search_curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if ok:
             oracle = min(oracle, float(row["test_error"]))
         curve.append({"trial": len(curve) + 1, "cpu_s": cpu, "pick_vce": pick[0], "pick_tce": pick[1],
-                      "pick_sizes": pick[2]["hidden_sizes"], "oracle_tce": oracle})
+                      "pick_sizes": pick[2]["hidden_sizes"], "oracle_tce": oracle, "row": row})
     return curve
 
 
@@ -618,6 +618,16 @@ def claim(np_dirs, random_dirs, out: str | Path = "results") -> list[Path]:
             lines.append(f"| lambda = {float(r['lambda']):g}, seed {r['seed']} (`{r['run_dir']}`) | {r['hidden_sizes']} "
                          f"| {_pct(tce)} | {_cpu_s(r) / hours:.2f} h | {reach(_first(curve, 'pick_tce', tce))} | "
                          f"{reach(_first(curve, 'oracle_tce', tce))} |")
+        lines += ["", "Every trial (`run`: its directory; VCE and TCE of its final network; a failed trial "
+                      "counts as VCE 1):", "",
+                  "| trial | run | algorithm | alpha | BatchNorm | sizes | VCE | TCE | ended by | CPU | search CPU "
+                  "| pick's TCE | lowest TCE |", "|---" * 13 + "|"]
+        for c in curve:
+            r = c["row"]
+            lines.append(f"| {c['trial']} | {Path(r['run_dir']).name} | {r['optimizer']} | {float(r['step_size']):.4g} "
+                         f"| {r['norm']} | {r['hidden_sizes']} | {_pct(float(r['val_error']))} "
+                         f"| {_pct(float(r['test_error']))} | {r['stopped_by']} | {_cpu_s(r):.0f} s "
+                         f"| {c['cpu_s'] / hours:.2f} h | {_pct(c['pick_tce'])} | {_pct(c['oracle_tce'])} |")
         if untimed:
             names = ", ".join(f"`{r['run_dir']}`" for r in untimed)
             lines += ["", f"Left out, without a complete CPU time (run before npnn recorded it, or resumed from "
