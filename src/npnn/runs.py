@@ -192,17 +192,17 @@ def existing_run(run_dir: str | Path) -> dict | Path | None:
     return ckpt if ckpt.is_file() else None
 
 
-def setting_conflicts(run_dir: str | Path, cfg: DictConfig) -> dict[str, tuple[Any, Any]]:
+def setting_conflicts(run_dir: str | Path, cfg: DictConfig, summary: dict | None = None) -> dict[str, tuple[Any, Any]]:
     """``{key: (stored, now)}`` where the config stored in ``run_dir``'s last checkpoint gives another value than
     ``cfg`` (budgets, paths and the logger aside; a key only one of them has is no conflict): a relaunch that
     would skip an ended run checks that it is this setting's (a search's ``trial<k>`` directory from another
-    search). Without a checkpoint (a run record committed without it) the config in ``summary.json`` is read.
-    Nothing to compare (neither holds a config: runs before it was recorded): ``{}``."""
+    search). Without a checkpoint (a run record committed without it) the config in ``summary`` (the run's
+    ``summary.json``, as :func:`existing_run` read it) is used. Nothing to compare (neither holds a config: runs
+    before it was recorded): ``{}``."""
     ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
-    summary = Path(run_dir) / "summary.json"
     stored = read_checkpoint(ckpt).get("npnn_config") if ckpt.is_file() else None
-    if stored is None and summary.is_file():
-        stored = json.loads(summary.read_text()).get("config")
+    if stored is None:
+        stored = (summary or {}).get("config")
     if stored is None:
         return {}
     allowed = list(cfg.get("resume_changes") or [])

@@ -248,7 +248,7 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     overwrite = cfg.get("overwrite", False)
     if cfg.get("resume_existing") and cfg.get("ckpt_path") is None and not overwrite:  # a relaunched sweep
         found = existing_run(run_dir)
-        conflicts = setting_conflicts(run_dir, cfg) if isinstance(found, dict) else {}
+        conflicts = setting_conflicts(run_dir, cfg, found) if isinstance(found, dict) else {}
         if conflicts:  # e.g. trial<k> of another random search: skipping it would report another setting's run
             lines = "\n".join(f"  {k}: that run {old!r}, this run {new!r}" for k, (old, new) in conflicts.items())
             raise SettingConflictError(f"{run_dir} holds an ended run of another setting:\n{lines}\nGive this sweep "
