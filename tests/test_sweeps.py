@@ -36,11 +36,15 @@ def test_a_grid_runs_on_two_workers_and_a_relaunch_skips_finished_runs(tmp_path)
                                             "dataset=synthetic,lambda=0.003,trainer.max_epochs=2"}
     unfinished = Path(rows[0]["run_dir"])
     (unfinished / "summary.json").unlink()  # as if its job died after its last checkpoint
-    again = sweep(tmp_path / "sweep")
+    again = sweep(tmp_path / "sweep", "trainer.max_time=00:01:00:00")  # a budget: the same run directories
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
     assert log.count("finished (stopped_by budget): skipped") == 3
     assert f"{unfinished} holds this run, unfinished: resuming from" in log
+    # Hydra writes .hydra/ for the resumed run, and leaves each skipped run's record as that run wrote it
+    for row in rows:
+        overrides = (Path(row["run_dir"]) / ".hydra" / "overrides.yaml").read_text()
+        assert ("trainer.max_time" in overrides) == (Path(row["run_dir"]) == unfinished), row["run_dir"]
     assert [r["val_error"] for r in gather([tmp_path / "sweep"])] == [r["val_error"] for r in rows]
     sweeps_main([str(tmp_path / "sweep"), "--out", str(tmp_path / "runs.csv")])
     lines = (tmp_path / "runs.csv").read_text().splitlines()
@@ -215,14 +219,16 @@ def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sweep").glob("trial*")) == ["trial0", "trial1", "trial2", "trial3"]
     # another sampler seed draws other settings into the same trial<k> directories: refused, not skipped
     settings = sorted((r["run_dir"], r["setting"]) for r in gather([tmp_path / "sweep"]))
+    records = {p: p.read_bytes() for p in (tmp_path / "sweep").glob("trial*/.hydra/*.yaml")}
     other = subprocess.run([*args, "hydra.sweeper.sampler.seed=1"], cwd=tmp_path, capture_output=True, text=True,
                            timeout=600, env=env)
     log = other.stdout + other.stderr
     assert other.returncode == 3 and log.count("): skipped") == 0  # the first conflict stops the whole sweep
     assert "holds an ended run of another setting" in log and "random_search.width1: that run" in log
     assert "Give this sweep its own hydra.sweep.dir" in log
-    # Hydra rewrote trial0/.hydra/ before the refusal; the runs' settings still come from their summaries
+    # the refused relaunch leaves every run's record as it was, .hydra/ included
     assert sorted((r["run_dir"], r["setting"]) for r in gather([tmp_path / "sweep"])) == settings
+    assert len(records) == 12 and all(p.read_bytes() == data for p, data in records.items())
     assert all(json.loads((tmp_path / "sweep" / f"trial{k}" / "summary.json").read_text())["overrides"]
                for k in range(4) if (tmp_path / "sweep" / f"trial{k}" / "summary.json").is_file())
     # a run record kept without its checkpoint (committed, runs/full): the config in summary.json is checked

@@ -3,7 +3,8 @@
 ``${npnn.alpha_r:alpha_r_lambda,lambda}`` is AdaRad's radial step size ``alpha_r_lambda / lambda``
 (Table 3: ``1 / (50 lambda)``; poker ``1 / (5 lambda)``): ``conf/optimizer/adarad.yaml`` derives it
 there, and only there. ``${npnn.widths:base,w1,w2,...}`` is the random search's hidden sizes
-(``conf/hparams_search/p_random.yaml``). Importing :mod:`npnn` registers both.
+(``conf/hparams_search/p_random.yaml``). ``${npnn.hydra_subdir:...}`` is ``hydra.output_subdir``
+(``conf/config.yaml``). Importing :mod:`npnn` registers all three.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONF_DIR", "alpha_r", "widths", "compose"]
+__all__ = ["CONF_DIR", "alpha_r", "widths", "hydra_subdir", "compose"]
 
 CONF_DIR = Path(str(files("npnn.conf")))  # the repository's conf/ (editable install) or the installed copy
 
@@ -33,8 +34,19 @@ def widths(base, *factors: float) -> list[int]:
     return [max(1, round(float(f) * int(b))) for b, f in zip(base, factors)]
 
 
+def hydra_subdir(output_dir, resume_existing, overwrite, ckpt_path) -> str | None:
+    """``hydra.output_subdir``: None (Hydra writes no ``.hydra`` files) where a relaunch (``resume_existing=true``)
+    finds a run in ``output_dir`` that ended, which it skips or refuses: the run record keeps its own config."""
+    from npnn.runs import existing_run  # noqa: PLC0415  (torch and Lightning: only when Hydra resolves this)
+
+    ended = (output_dir is not None and resume_existing is True and overwrite is not True and ckpt_path is None
+             and isinstance(existing_run(output_dir), dict))
+    return None if ended else ".hydra"
+
+
 OmegaConf.register_new_resolver("npnn.alpha_r", alpha_r, replace=True)
 OmegaConf.register_new_resolver("npnn.widths", widths, replace=True)
+OmegaConf.register_new_resolver("npnn.hydra_subdir", hydra_subdir, replace=True)
 
 
 def compose(*overrides: str) -> DictConfig:
