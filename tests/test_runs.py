@@ -138,10 +138,15 @@ def test_sigterm_checkpoints_exits_non_zero_and_the_resume_equals_the_uninterrup
     assert (tmp_path / "full" / "unit_lengths.csv").read_text() == (tmp_path / "stopped" / "unit_lengths.csv").read_text()
 
 
+NETS = {"nonparametric": ["protocol.patience=2", "lambda=3e-3", "optimizer.alpha_r=100"],  # AdaRad, growth
+        "parametric": ["model=parametric", "model.hidden_sizes=[8,8]", "optimizer=rmsprop", "optimizer.alpha=30",
+                       "lambda=0", "dataset.patience=2", "dataset.anneal_patience=1"]}  # RMSprop, the P protocol
+
+
+@pytest.mark.parametrize("net", NETS)
 @pytest.mark.parametrize("at_step", [19, 20])  # 20 ends an epoch: a validation follows that step
-def test_a_signal_at_any_step_resumes_to_the_uninterrupted_run(tmp_path, at_step):
-    overrides = ["trainer.max_epochs=14", "protocol.patience=2", "lambda=3e-3", "optimizer.alpha_r=100",
-                 "steps_per_call=1"]
+def test_a_signal_at_any_step_resumes_to_the_uninterrupted_run(tmp_path, at_step, net):
+    overrides = ["trainer.max_epochs=14", "steps_per_call=1", *NETS[net]]
     full = main(tiny(*overrides), tmp_path / "full")
     assert len(full["protocol"]) >= 2  # the protocol rewinds and changes stage in this run
 
