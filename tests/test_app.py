@@ -318,6 +318,8 @@ def test_a_resumed_run_reports_the_time_of_every_fit(tmp_path):
     # from the fit's start (fit_wall_time_s: from before trainer.fit, its set-up included)
     assert 0 < first["wall_time_s"] <= first["fit_wall_time_s"] + 0.05 and first["cpu_time_s"] > 0
     assert first["threads"] == torch.get_num_threads()
+    assert first["machine"]["torch"] == torch.__version__ and first["machine"]["cpu"]  # the floats' machine
+    assert first["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert "time_complete" not in first
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
     stored = torch.load(ckpt, weights_only=False)["npnn"]["time_used"]

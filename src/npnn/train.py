@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import math
+import platform
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -234,6 +235,18 @@ def final_errors(trainer: pl.Trainer, module: NonparametricModule, datamodule: I
     return module.final_errors
 
 
+def machine() -> dict[str, str]:
+    """What a run's floats depend on beside its config and thread count: the CPU's model, the vector
+    instructions torch dispatches to on it (``torch.backends.cpu.get_cpu_capability()``) and torch's version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass  # not Linux: platform's name
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+
+
 def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Train one run; returns (and writes to ``summary.json``) its final sizes and errors.
 
@@ -315,11 +328,12 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         # over every fit of the run (a resume adds the checkpoint's); this fit alone: fit_wall_time_s
         "wall_time_s": round(used["wall_s"], 3), "cpu_time_s": round(used["cpu_s"], 3),  # ms: short runs are not 0
         "fit_wall_time_s": round(wall, 3), "threads": torch.get_num_threads(),  # CPU time counts every thread
+        "machine": machine(),  # the same config gives the same floats only on the same kind of CPU
         "stopped_by": stopped_by,
         "protocol": protocol.history if protocol is not None else [],
         "config": run_config(cfg),  # a relaunch checks a skipped run's setting against it (no checkpoint needed)
     }
-    if launched_by_hydra:  # the run's own setting (Hydra rewrites .hydra/ at every launch into this directory)
+    if launched_by_hydra:  # the run's own setting (.hydra/ holds the last launch that trained here)
         summary["overrides"] = list(HydraConfig.get().overrides.task)
     if cfg.get("ckpt_path") is not None:
         resume = next(cb for cb in trainer.callbacks if isinstance(cb, ResumeChanges))
