@@ -37,9 +37,9 @@ def widths(base, *factors: float) -> list[int]:
 def hydra_subdir(output_dir, resume_existing, overwrite, ckpt_path) -> str | None:
     """``hydra.output_subdir``: None (Hydra writes no ``.hydra`` files) where a relaunch (``resume_existing=true``)
     finds a run in ``output_dir`` that ended, which it skips or refuses: the run record keeps its own config."""
-    from npnn.runs import existing_run  # noqa: PLC0415  (torch and Lightning: only when Hydra resolves this)
+    from npnn.runs import existing_run, is_relaunch  # noqa: PLC0415  (torch and Lightning: only when Hydra resolves this)
 
-    ended = (output_dir is not None and resume_existing is True and overwrite is not True and ckpt_path is None
+    ended = (output_dir is not None and is_relaunch(resume_existing, overwrite, ckpt_path)
              and isinstance(existing_run(output_dir), dict))
     return None if ended else ".hydra"
 

@@ -178,6 +178,12 @@ FINISHED = ("protocol", "budget")  # how a run that ran to its end stopped (summ
 UNFINISHED = ("signal", "time")  # stopped from outside: a relaunch resumes it
 
 
+def is_relaunch(resume_existing: Any, overwrite: Any, ckpt_path: Any) -> bool:
+    """Whether a launch is a relaunch that looks for an earlier run in its directory (``resume_existing=true``,
+    neither ``overwrite=true`` nor a ``ckpt_path`` of its own): :func:`existing_run` says what it finds."""
+    return resume_existing is True and overwrite is not True and ckpt_path is None
+
+
 def existing_run(run_dir: str | Path) -> dict | Path | None:
     """What a relaunch (``resume_existing=true``) finds in ``run_dir``: the summary of a run that ended by
     itself (``FINISHED``, or a failure such as ``diverged``), else the checkpoint to resume (a run stopped by

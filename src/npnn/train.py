@@ -31,7 +31,7 @@ from npnn.module import Growth, NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS
 from npnn.optim import ParametricOptimizer
 from npnn.runs import (FINISHED, AtomicCheckpointIO, ResumeChanges, SettingConflictError, StopOnSignal, check_resume, delete_run,
-                       existing_run, prepare_run_dir, read_checkpoint, run_config, setting_conflicts, write_atomic)
+                       existing_run, is_relaunch, prepare_run_dir, read_checkpoint, run_config, setting_conflicts, write_atomic)
 
 __all__ = ["main", "build", "validate_config", "steps_per_call", "ConfigError", "final_errors"]
 
@@ -259,7 +259,7 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
     validate_config(cfg)
     overwrite = cfg.get("overwrite", False)
-    if cfg.get("resume_existing") and cfg.get("ckpt_path") is None and not overwrite:  # a relaunched sweep
+    if is_relaunch(cfg.get("resume_existing"), overwrite, cfg.get("ckpt_path")):  # a relaunched sweep
         found = existing_run(run_dir)
         conflicts = setting_conflicts(run_dir, cfg, found) if isinstance(found, dict) else {}
         if conflicts:  # e.g. trial<k> of another random search: skipping it would report another setting's run
