@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from npnn.config import CONF_DIR
 from npnn.sweeps import best_settings, gather, main as sweeps_main, progress, representatives, sweep_size
@@ -195,7 +197,7 @@ def test_the_grid_table_has_a_row_per_setting_and_a_column_per_value(tmp_path):
     assert lines[4:] == ["| optimizer=adam | **4.00** | div |", "| optimizer=sgd | 4.00 | **2.00** |"]  # medians
 
 
-def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path):
+def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path, capsys):
     """7.4.1 step 5 through hydra-optuna-sweeper's RandomSampler and the joblib launcher, 4 trials."""
     args = [sys.executable, str(ROOT / "train.py"), "-m", "hparams_search=p_random", "dataset=synthetic",
             "random_search.base=[3,2]", "hydra.sweeper.n_trials=4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
@@ -206,6 +208,17 @@ def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]  # failed trials (too large an alpha) do not end it
     rows = gather([tmp_path / "sweep"])
     assert len(rows) == 4 and f"sweep {tmp_path / 'sweep'}: " in first.stdout and " of 4 runs finished" in first.stdout
+    # --draws: each trial as a plain run, with the sweep's own overrides, into the sweep's trial directory
+    sweeps_main(["--draws", "4", *args[3:]])
+    commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(commands) == 4 and all(c[:2] == ["python", "train.py"] for c in commands)
+    for k, command in enumerate(commands):
+        record = OmegaConf.load(tmp_path / "sweep" / f"trial{k}" / ".hydra" / "overrides.yaml")
+        assert command[2:] == [*record, f"hydra.run.dir={tmp_path / 'sweep'}/trial{k}"]
+    assert len({c[2] for c in commands}) > 1  # the draws differ from trial to trial
+    with pytest.raises(SystemExit, match="2"):
+        sweeps_main(["--draws", "2", "hparams_search=p_random", "random_search.base=[3,2]", "hydra/sweeper/sampler=tpe"])
+    assert "other samplers' draws depend on the trials' results" in capsys.readouterr().err
     for row in rows:
         sizes = [int(h) for h in row["hidden_sizes"].split("-")]
         assert 3 <= sizes[0] <= 15 and 2 <= sizes[1] <= 10 and row["model"] == "parametric"

@@ -1,6 +1,8 @@
 """Gather the runs of sweeps into one table and make the paper's picks (sections 7.4.1 / 7.4.2).
 
     python -m npnn.sweeps DIR [DIR ...] [--out runs.csv] [--top 10] [--write-picks PICKS]
+    python -m npnn.sweeps --draws N OVERRIDE [OVERRIDE ...]
+
 
 Reads every ``summary.json`` under the directories (a run's own, or a Hydra multirun's), with
 the run's overrides (``.hydra/overrides.yaml``), writes them as one CSV and prints the picks:
@@ -10,6 +12,10 @@ the run's overrides (``.hydra/overrides.yaml``), writes them as one CSV and prin
   ``|w - median w| / range w + |TCE - median TCE| / range TCE`` (each term 0 when the range is 0);
 - the best parametric settings by median validation error (VCE) across their seeds (steps 4 and 6);
   ``--write-picks`` writes them as config files for the next step's seeds (``hparams_search=p_seeds``).
+
+``--draws N`` prints a random search's first N trials (``hparams_search=p_random*``) as plain runs, one
+command per trial into the trial's directory: run them on any cores or machines, and the search launched
+again on that ``hydra.sweep.dir`` skips the trials that ended (:func:`draws`).
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import argparse
 import csv
 import json
 import math
+import shlex
 import statistics
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,7 +31,7 @@ from typing import Any, Iterable
 from npnn.runs import FINISHED, UNFINISHED
 
 __all__ = ["gather", "write_table", "setting", "representatives", "best_settings", "pick_config", "write_picks",
-           "grid_table", "sweep_size", "progress", "SweepProgress", "COLUMNS"]
+           "grid_table", "sweep_size", "progress", "draws", "SweepProgress", "COLUMNS"]
 
 COLUMNS = ("run_dir", "setting", "dataset", "model", "norm", "optimizer", "step_size", "lambda", "seed",
            "hidden_sizes", "weights", "val_error", "test_error", "best_val_error", "test_error_at_best", "best_epoch",
@@ -203,6 +210,47 @@ def sweep_size(overrides: Iterable[str]) -> int | None:
     return size
 
 
+def draws(overrides: Iterable[str], n: int) -> list[tuple[str, tuple[str, ...]]]:
+    """The first ``n`` trials of the optuna random search that ``python train.py -m <overrides>`` runs, as
+    ``(run directory, overrides)`` per trial: what hydra-optuna-sweeper 1.2 asks its seeded RandomSampler
+    for, trial after trial (``OptunaSweeper.sweep``: the sweeper's params, then the command line's
+    overrides as fixed values), so ``python train.py <overrides> hydra.run.dir=<run directory>`` is that
+    trial's run. A sampler that learns from results (TPE) draws differently: refused."""
+    import optuna  # noqa: PLC0415
+    from hydra import compose as hydra_compose, initialize_config_dir  # noqa: PLC0415
+    from hydra.utils import instantiate  # noqa: PLC0415
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides  # noqa: PLC0415
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from npnn.config import CONF_DIR  # noqa: PLC0415
+
+    overrides = list(overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    if sweeper.get("sampler", {}).get("_target_") != "optuna.samplers.RandomSampler":
+        raise ValueError(f"--draws needs the optuna sweeper's random sampler (hparams_search=p_random...), got "
+                         f"{sweeper.get('sampler', {}).get('_target_') or sweeper.get('_target_')}: other samplers' "
+                         f"draws depend on the trials' results")
+    task = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]  # the sweeper's `arguments`
+    space, fixed = create_params_from_overrides([*(f"{k!s}={v}" for k, v in sweeper.params.items()), *task])
+    for name in fixed:
+        space.pop(name, None)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=instantiate(sweeper.sampler), direction=sweeper.direction)
+    trials = []
+    for num in range(n):
+        trial = study.ask()
+        for name, distribution in space.items():
+            trial._suggest(name, distribution)  # as OptunaSweeper._configure_trials
+        study.tell(trial, 0.0)  # RandomSampler's next draw does not depend on the value
+        hydra_cfg = OmegaConf.to_container(cfg.hydra, resolve=False)
+        hydra_cfg["job"]["num"] = num
+        sweep = OmegaConf.create({"hydra": hydra_cfg}).hydra.sweep
+        trials.append((f"{sweep.dir}/{sweep.subdir}", tuple(f"{k}={v}" for k, v in {**trial.params, **fixed}.items())))
+    return trials
+
+
 def progress(sweep_dir: str | Path) -> dict[str, int]:
     """Runs of a sweep directory so far: ``finished``, ``failed`` (ended another way: diverged, chance level...)
     and ``running`` (started, no summary yet, or stopped from outside by a signal or time limit: it resumes)."""
@@ -251,7 +299,10 @@ class SweepProgress(_HydraCallback):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m npnn.sweeps", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dirs", nargs="+", help="run or sweep directories (searched for summary.json)")
+    parser.add_argument("dirs", nargs="+", help="run or sweep directories (searched for summary.json); with "
+                        "--draws: the random search's overrides")
+    parser.add_argument("--draws", metavar="N", type=int, default=None,
+                        help="print the random search's first N trials as plain runs (train.py commands)")
     parser.add_argument("--out", default=None, help="write the table as CSV here")
     parser.add_argument("--top", type=int, default=10, help="parametric settings to list (and to write)")
     parser.add_argument("--grid", metavar="KEY", default=None,
@@ -263,6 +314,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write-picks", metavar="DIR", default=None,
                         help="write the --top parametric settings as DIR/pick/top01.yaml ... for hparams_search=p_seeds")
     args = parser.parse_args(argv)
+    if args.draws is not None:
+        try:
+            trials = draws(args.dirs, args.draws)
+        except Exception as err:  # a bad override or another sampler
+            parser.exit(2, f"{parser.prog}: --draws: {err}\n")
+        for run_dir, overrides in trials:
+            print(shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={run_dir}"]))
+        return
     missing = [d for d in args.dirs if not Path(d).is_dir()]
     if missing:
         parser.error(f"no such directory: {', '.join(missing)}")
