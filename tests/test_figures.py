@@ -279,6 +279,11 @@ def test_the_claim_follows_the_search_in_draw_order_and_picks_by_vce(tmp_path):
     claim([tmp_path / "np"], [gapped], tmp_path / "out")
     table = (tmp_path / "out" / "claim_mnist.md").read_text()
     assert "1 trials, 0.02 CPU hours" in table and "Left out: every trial from trial 1 on (1 with a summary)" in table
+    # a trial run as a plain run without hydra.job.num (its hydra.yaml: num: ???) is trial <k> of its trial<k>
+    plain = random_search(tmp_path / "s5", [(0, 0.05, 0.05, 60, "budget"), (1, 0.01, 0.01, 60, "budget")])
+    (plain / "run8").rename(plain / "trial1")
+    (plain / "trial1" / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    num: ???\n")
+    assert [c["pick_tce"] for c in search_curve(gather([plain]))] == [0.05, 0.01]
     with pytest.raises(ValueError, match="no trial of the random search on mnist ended"):
         claim([tmp_path / "np"], [random_search(tmp_path / "s4", [(0, 0.05, 0.05, 60, "signal")])], tmp_path / "out")
     with pytest.raises(ValueError, match="the same trial number"):

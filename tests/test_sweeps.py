@@ -15,7 +15,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from npnn.config import CONF_DIR
-from npnn.sweeps import best_settings, gather, main as sweeps_main, progress, representatives, sweep_size
+from npnn.config import compose as run_config
+from npnn.sweeps import best_settings, draws, gather, main as sweeps_main, progress, representatives, sweep_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,16 +210,27 @@ def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path, caps
     rows = gather([tmp_path / "sweep"])
     assert len(rows) == 4 and f"sweep {tmp_path / 'sweep'}: " in first.stdout and " of 4 runs finished" in first.stdout
     # --draws: each trial as a plain run, with the sweep's own overrides, into the sweep's trial directory
-    sweeps_main(["--draws", "4", *args[3:]])
+    sweeps_main(["--draws", "9", *args[3:]])  # 9: the search has 4 trials
     commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
     assert len(commands) == 4 and all(c[:2] == ["python", "train.py"] for c in commands)
+    hydra_args = [a for a in args[3:] if a.startswith("hydra")]
     for k, command in enumerate(commands):
-        record = OmegaConf.load(tmp_path / "sweep" / f"trial{k}" / ".hydra" / "overrides.yaml")
-        assert command[2:] == [*record, f"hydra.run.dir={tmp_path / 'sweep'}/trial{k}"]
+        trial = tmp_path / "sweep" / f"trial{k}"
+        assert command[2:] == [*OmegaConf.load(trial / ".hydra" / "overrides.yaml"), *hydra_args,
+                               f"hydra.job.num={k}", f"hydra.run.dir={trial}"]
+        assert run_config(*command[2:]) == OmegaConf.load(trial / ".hydra" / "config.yaml")
     assert len({c[2] for c in commands}) > 1  # the draws differ from trial to trial
-    with pytest.raises(SystemExit, match="2"):
-        sweeps_main(["--draws", "2", "hparams_search=p_random", "random_search.base=[3,2]", "hydra/sweeper/sampler=tpe"])
-    assert "other samplers' draws depend on the trials' results" in capsys.readouterr().err
+    fixed = draws(["model.norm=batchnorm", *args[3:]], 4)  # a searched key fixed: the other keys' draws move
+    assert all("model.norm=batchnorm" in o and not any(v.startswith("model.norm=batchnorm_") for v in o) for _, o in fixed)
+    assert [o[0] for _, o in fixed] != [c[2] for c in commands]
+    at = f"hydra.sweep.dir={tmp_path / 'other'}"
+    for bad, message in [(["hydra/sweeper/sampler=tpe", at], "needs an optuna random search with a seed"),
+                         (["hydra.sweeper.sampler.seed=null", at], "needs an optuna random search with a seed"),
+                         (["nosuchkey=1", at], "Could not override 'nosuchkey'"),
+                         ([], "give the search's hydra.sweep.dir")]:
+        with pytest.raises(SystemExit, match="2"):
+            sweeps_main(["--draws", "2", "hparams_search=p_random", "random_search.base=[3,2]", *bad])
+        assert message in capsys.readouterr().err
     for row in rows:
         sizes = [int(h) for h in row["hidden_sizes"].split("-")]
         assert 3 <= sizes[0] <= 15 and 2 <= sizes[1] <= 10 and row["model"] == "parametric"

@@ -49,9 +49,10 @@ OmegaConf.register_new_resolver("npnn.widths", widths, replace=True)
 OmegaConf.register_new_resolver("npnn.hydra_subdir", hydra_subdir, replace=True)
 
 
-def compose(*overrides: str) -> DictConfig:
-    """The run config for ``overrides``, as ``python train.py <overrides>`` composes it."""
+def compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
+    """The run config for ``overrides``, as ``python train.py <overrides>`` composes it (with its ``hydra``
+    node: ``return_hydra_config=True``)."""
     from hydra import compose as hydra_compose, initialize_config_dir  # noqa: PLC0415
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)

@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import random
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -526,7 +527,11 @@ def _job_number(run_dir: str | Path) -> int:
     path = Path(run_dir) / ".hydra" / "hydra.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the claim needs the sweep's own run directories")
-    return int(OmegaConf.load(path).hydra.job.num)
+    job = OmegaConf.load(path).hydra.job
+    trial = re.fullmatch(r"trial(\d+)", Path(run_dir).name)
+    if OmegaConf.is_missing(job, "num") and trial:  # a trial run as a plain run without hydra.job.num (runs/full)
+        return int(trial.group(1))
+    return int(job.num)
 
 
 def _timed(row: dict[str, Any]) -> bool:

@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import shlex
 import statistics
 from pathlib import Path
@@ -210,44 +211,57 @@ def sweep_size(overrides: Iterable[str]) -> int | None:
     return size
 
 
+def _search_params(sweeper) -> list[str]:
+    """A sweeper's search space as overrides (``hydra.sweeper.params``), as the optuna sweeper reads it."""
+    return [f"{k!s}={v}" for k, v in (sweeper.get("params") or {}).items()]
+
+
 def draws(overrides: Iterable[str], n: int) -> list[tuple[str, tuple[str, ...]]]:
     """The first ``n`` trials of the optuna random search that ``python train.py -m <overrides>`` runs, as
-    ``(run directory, overrides)`` per trial: what hydra-optuna-sweeper 1.2 asks its seeded RandomSampler
-    for, trial after trial (``OptunaSweeper.sweep``: the sweeper's params, then the command line's
-    overrides as fixed values), so ``python train.py <overrides> hydra.run.dir=<run directory>`` is that
-    trial's run. A sampler that learns from results (TPE) draws differently: refused."""
+    ``(run directory, overrides)``: ``python train.py <overrides>`` runs that trial in that directory.
+
+    hydra-optuna-sweeper 1.2 (``OptunaSweeper.sweep``) draws each trial's values of the search space
+    (``hydra.sweeper.params``, then sweep overrides of the command line) from its seeded RandomSampler, trial
+    after trial, and adds the command line's other overrides as fixed values; this asks the sampler the same
+    way. Each trial's overrides are the drawn ones, the fixed ones, the command line's ``hydra`` overrides and
+    ``hydra.job.num``. A sampler without a seed, or one that learns from results (TPE), draws otherwise:
+    refused."""
     import optuna  # noqa: PLC0415
-    from hydra import compose as hydra_compose, initialize_config_dir  # noqa: PLC0415
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
     from hydra.utils import instantiate  # noqa: PLC0415
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides  # noqa: PLC0415
-    from omegaconf import OmegaConf  # noqa: PLC0415
 
-    from npnn.config import CONF_DIR  # noqa: PLC0415
+    from npnn.config import compose  # noqa: PLC0415
 
-    overrides = list(overrides)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
-    sweeper = cfg.hydra.sweeper
-    if sweeper.get("sampler", {}).get("_target_") != "optuna.samplers.RandomSampler":
-        raise ValueError(f"--draws needs the optuna sweeper's random sampler (hparams_search=p_random...), got "
-                         f"{sweeper.get('sampler', {}).get('_target_') or sweeper.get('_target_')}: other samplers' "
-                         f"draws depend on the trials' results")
-    task = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]  # the sweeper's `arguments`
-    space, fixed = create_params_from_overrides([*(f"{k!s}={v}" for k, v in sweeper.params.items()), *task])
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    task = [o.input_line for o in parsed if not o.is_hydra_override()]  # the sweeper's `arguments`
+    hydra = [o.input_line for o in parsed if o.is_hydra_override() and o.key_or_group not in ("hydra.mode", "hydra.run.dir")]
+    if not any(o.key_or_group == "hydra.sweep.dir" for o in parsed):
+        raise ValueError("give the search's hydra.sweep.dir=...: the trials run in its trial directories, where "
+                         "the search launched again finds them")
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    sweeper = compose(*plain, return_hydra_config=True).hydra.sweeper
+    sampler = sweeper.get("sampler") or {}
+    if sampler.get("_target_") != "optuna.samplers.RandomSampler" or sampler.get("seed") is None \
+            or sweeper.get("custom_search_space"):
+        raise ValueError(f"--draws needs an optuna random search with a seed (hparams_search=p_random...), got "
+                         f"{sweeper.get('_target_')} with sampler {sampler.get('_target_')}, seed "
+                         f"{sampler.get('seed')}, custom_search_space {sweeper.get('custom_search_space')}: "
+                         f"no other search draws its trials again")
+    space, fixed = create_params_from_overrides([*_search_params(sweeper), *task])
     for name in fixed:
         space.pop(name, None)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=instantiate(sweeper.sampler), direction=sweeper.direction)
+    study = optuna.create_study(sampler=instantiate(sweeper.sampler))
     trials = []
-    for num in range(n):
+    for num in range(min(n, sweeper.n_trials)):
         trial = study.ask()
         for name, distribution in space.items():
             trial._suggest(name, distribution)  # as OptunaSweeper._configure_trials
-        study.tell(trial, 0.0)  # RandomSampler's next draw does not depend on the value
-        hydra_cfg = OmegaConf.to_container(cfg.hydra, resolve=False)
-        hydra_cfg["job"]["num"] = num
-        sweep = OmegaConf.create({"hydra": hydra_cfg}).hydra.sweep
-        trials.append((f"{sweep.dir}/{sweep.subdir}", tuple(f"{k}={v}" for k, v in {**trial.params, **fixed}.items())))
+        study.tell(trial, 0.0)  # the random sampler's next draws do not depend on the value
+        trial_overrides = (*(f"{k}={v}" for k, v in {**trial.params, **fixed}.items()), *hydra, f"hydra.job.num={num}")
+        sweep = compose(*trial_overrides, return_hydra_config=True).hydra.sweep  # its directory, as the sweep's
+        trials.append((os.path.join(sweep.dir, sweep.subdir), trial_overrides))
     return trials
 
 
@@ -283,8 +297,7 @@ class SweepProgress(_HydraCallback):
         total = config.hydra.sweeper.get("n_trials")  # the optuna sweeper's trials
         try:  # a grid: the sweep's own overrides, which Hydra wrote at its start (the command line's last)
             sweep = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
-            total = total or sweep_size([*(f"{k}={v}" for k, v in (sweep.sweeper.get("params") or {}).items()),
-                                         *sweep.overrides.task])
+            total = total or sweep_size([*_search_params(sweep.sweeper), *sweep.overrides.task])
         except Exception:  # no multirun.yaml, or a syntax this count does not know: no total
             pass
         try:
@@ -315,10 +328,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="write the --top parametric settings as DIR/pick/top01.yaml ... for hparams_search=p_seeds")
     args = parser.parse_args(argv)
     if args.draws is not None:
+        from hydra.errors import HydraException  # noqa: PLC0415
+        from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415
+
+        if args.draws < 1 or args.out or args.grid or args.write_picks or args.representative_sizes:
+            parser.error("--draws N takes N >= 1 and a search's overrides, and none of the table's options")
         try:
             trials = draws(args.dirs, args.draws)
-        except Exception as err:  # a bad override or another sampler
-            parser.exit(2, f"{parser.prog}: --draws: {err}\n")
+        except (ValueError, HydraException, OmegaConfBaseException) as err:  # a bad override or another search
+            parser.exit(2, f"{parser.prog}: {err}\n")
         for run_dir, overrides in trials:
             print(shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={run_dir}"]))
         return
