@@ -235,16 +235,19 @@ def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path, caps
         sizes = [int(h) for h in row["hidden_sizes"].split("-")]
         assert 3 <= sizes[0] <= 15 and 2 <= sizes[1] <= 10 and row["model"] == "parametric"
         assert 1 <= row["step_size"] <= 100_000 and row["optimizer"] in ("sgd", "momentum", "nesterov", "rmsprop", "adam")
+    logs = {p: p.read_bytes() for p in (tmp_path / "sweep").glob("trial*/train.log")}
     again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
+    assert len(logs) == 4 and all(p.read_bytes() == data for p, data in logs.items())  # its lines: the console's
     finished = sum(r["stopped_by"] in ("protocol", "budget") for r in rows)
     assert log.count("): skipped") == finished and log.count("which stopped earlier") == 4 - finished
     assert len(gather([tmp_path / "sweep"])) == 4  # the same 4 settings: no new run directory
     assert sorted(p.name for p in (tmp_path / "sweep").glob("trial*")) == ["trial0", "trial1", "trial2", "trial3"]
     # another sampler seed draws other settings into the same trial<k> directories: refused, not skipped
     settings = sorted((r["run_dir"], r["setting"]) for r in gather([tmp_path / "sweep"]))
-    records = {p: p.read_bytes() for p in (tmp_path / "sweep").glob("trial*/.hydra/*.yaml")}
+    records = {p: p.read_bytes() for p in [*(tmp_path / "sweep").glob("trial*/.hydra/*.yaml"),
+                                            *(tmp_path / "sweep").glob("trial*/train.log")]}
     other = subprocess.run([*args, "hydra.sweeper.sampler.seed=1"], cwd=tmp_path, capture_output=True, text=True,
                            timeout=600, env=env)
     log = other.stdout + other.stderr
@@ -253,7 +256,7 @@ def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path, caps
     assert "Give this sweep its own hydra.sweep.dir" in log
     # the refused relaunch leaves every run's record as it was, .hydra/ included
     assert sorted((r["run_dir"], r["setting"]) for r in gather([tmp_path / "sweep"])) == settings
-    assert len(records) == 12 and all(p.read_bytes() == data for p, data in records.items())
+    assert len(records) == 16 and all(p.read_bytes() == data for p, data in records.items())  # logs too
     assert all(json.loads((tmp_path / "sweep" / f"trial{k}" / "summary.json").read_text())["overrides"]
                for k in range(4) if (tmp_path / "sweep" / f"trial{k}" / "summary.json").is_file())
     # a run record kept without its checkpoint (committed, runs/full): the config in summary.json is checked
