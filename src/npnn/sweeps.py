@@ -3,7 +3,6 @@
     python -m npnn.sweeps DIR [DIR ...] [--out runs.csv] [--top 10] [--write-picks PICKS]
     python -m npnn.sweeps --draws N OVERRIDE [OVERRIDE ...]
 
-
 Reads every ``summary.json`` under the directories (a run's own, or a Hydra multirun's), with
 the run's overrides (``.hydra/overrides.yaml``), writes them as one CSV and prints the picks:
 
