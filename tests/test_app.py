@@ -131,6 +131,9 @@ def test_default_config_is_the_paper_poker_setting():
     ("+divergence.max_loss=3", r"model: divergence: unknown keys \['max_loss'\]; the limits are"),
     ("optimizer=rmsprop", r"optimizer=rmsprop normalises with one running average per weight .* optimizer=adarad"),
     ("+trainer.precision=16-mixed", r"trainer.precision='16-mixed': npnn trains in full precision"),
+    ("trainer.max_epochs=0", r"trainer.max_epochs must be -1 \(no limit: the protocol ends the run\) or an integer >= 1, got 0"),
+    ("trainer.max_epochs=0.5", r"trainer.max_epochs must be -1 .* got 0.5"),
+    ("trainer.max_steps=-5", r"trainer.max_steps must be -1 .* got -5"),
 ])
 def test_bad_config_values_fail_early_with_the_key(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):

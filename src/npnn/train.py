@@ -80,6 +80,11 @@ def validate_config(cfg: DictConfig) -> None:
                 not all(isinstance(h, int) and h >= 1 for h in sizes):
             raise ConfigError("model=parametric needs model.hidden_sizes, a list of positive widths, "
                               f"e.g. model.hidden_sizes=[23,24,15,4]; got {sizes!r}")
+    for key in ("max_epochs", "max_steps"):  # Lightning would train nothing (0) or fail an assert (0.5)
+        budget = cfg.trainer.get(key)
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < -1 or budget == 0):
+            raise ConfigError(f"trainer.{key} must be -1 (no limit: the protocol ends the run) or an integer >= 1, "
+                              f"got {budget!r}")
     precision = str(cfg.trainer.get("precision") or "32")
     if precision not in ("32", "32-true", "64", "64-true"):  # module.train_step backpropagates the loss itself
         raise ConfigError(f"trainer.precision={precision!r}: npnn trains in full precision (32 or 64); mixed "
