@@ -285,3 +285,21 @@ def test_the_progress_line_counts_a_run_stopped_by_a_signal_as_stopped_not_faile
             (tmp_path / name / "summary.json").write_text(json.dumps({"stopped_by": stopped_by}))
     (tmp_path / "not_a_run").mkdir()  # no .hydra/: not counted
     assert progress(tmp_path) == {"finished": 2, "failed": 1, "running": 3}
+
+
+def test_the_progress_line_says_when_the_directory_holds_more_runs_than_the_sweep(tmp_path, capsys):
+    from hydra.types import RunMode
+
+    from npnn.sweeps import SweepProgress
+    for name in ("a", "b", "c"):  # a grid's runs, then a widening sweep of one run into the same directory
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / "summary.json").write_text(json.dumps({"stopped_by": "protocol"}))
+    OmegaConf.save({"hydra": {"sweeper": {"params": None}, "overrides": {"task": ["optimizer.alpha=1000"]}}},
+                   tmp_path / "multirun.yaml")
+    config = OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)}, "sweeper": {}}})
+    SweepProgress().on_job_end(config)
+    assert f"sweep {tmp_path}: 3 (this sweep has 1, the directory 3) runs finished, 0 failed" in capsys.readouterr().out
+    OmegaConf.save({"hydra": {"sweeper": {"params": None}, "overrides": {"task": ["optimizer.alpha=10,30,100"]}}},
+                   tmp_path / "multirun.yaml")
+    SweepProgress().on_job_end(config)
+    assert f"sweep {tmp_path}: 3 of 3 runs finished, 0 failed" in capsys.readouterr().out
