@@ -172,6 +172,12 @@ def test_table2_puts_the_lowest_vce_p_run_of_each_size_beside_the_papers_row(tmp
                                                                 .read_text().replace('"val_error": 0.002', '"val_error": 0.0005'))
     assert "| 30-20-15-5 | 300 | 0.05% | 0.3% | 30.0 | - | lowest VCE: on the grid's edge, widen it |" in \
         table2([tmp_path / "np"], [tmp_path / "p"], None, tmp_path / "out")
+    (tmp_path / "p" / "alpha=300" / "summary.json").write_text((tmp_path / "p" / "alpha=300" / "summary.json")
+                                                                .read_text().replace('"val_error": 0.0005', '"val_error": 0.0'))
+    assert "| 30-20-15-5 | 300 | 0% | 0.3% | 30.0 | - | lowest VCE: on the grid's edge, but no validation error |" in \
+        table2([tmp_path / "np"], [tmp_path / "p"], None, tmp_path / "out")
+    (tmp_path / "p" / "alpha=300" / "summary.json").write_text((tmp_path / "p" / "alpha=300" / "summary.json")
+                                                                .read_text().replace('"val_error": 0.0', '"val_error": 0.0005'))
     # a tie in VCE is said so; it goes to the first run directory by name ("alpha=1000" before "alpha=300")
     (tmp_path / "p" / "alpha=1000" / "summary.json").write_text((tmp_path / "p" / "alpha=1000" / "summary.json")
                                                                  .read_text().replace('"val_error": 0.001', '"val_error": 0.0005'))
