@@ -509,10 +509,10 @@ def _p_grid_lines(p_all: list[dict[str, Any]], bests: dict[str, dict[str, Any]])
             ok = r["stopped_by"] in FINISHED
             note = "" if ok else _unended(r)
             if r is best:
-                on_edge = float(r["step_size"]) in edges
-                note = "lowest VCE" + ("" if not on_edge else  # a VCE of 0 no other step size can beat
-                                       ": on the grid's edge, but no validation error" if float(r["val_error"]) == 0
-                                       else ": on the grid's edge, widen it")
+                note = "lowest VCE"
+                if float(r["step_size"]) in edges:  # a VCE of 0 no other step size can beat
+                    note += ": on the grid's edge, " + ("but no validation error" if float(r["val_error"]) == 0
+                                                        else "widen it")
             elif ok and best is not None and float(r["val_error"]) == float(best["val_error"]):
                 note = "ties the lowest VCE (a tie goes to the first run directory by name)"
             cpu = f"{float(r['cpu_time_s']):.0f} s" if r["cpu_time_s"] is not None else "-"

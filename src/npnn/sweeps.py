@@ -304,8 +304,9 @@ class SweepProgress(_HydraCallback):
         except Exception as err:  # a progress line must never fail a job
             print(f"sweep {sweep_dir}: no progress count ({type(err).__name__}: {err})", flush=True)
             return
-        counted, of = sum(counts.values()), f" of {total}" if total else ""
-        if total and counted > total:  # earlier sweeps into the same directory (a grid widened): say so
+        counted = sum(counts.values())
+        of = f" of {total}" if total else ""
+        if total and counted > total:  # earlier sweeps into the same directory (a grid widened)
             of = f" (this sweep has {total}, the directory {counted})"
         print(f"sweep {sweep_dir}: {counts['finished']}{of} runs finished, {counts['failed']} failed, "
               f"{counts['running']} running or stopped early", flush=True)

@@ -82,7 +82,7 @@ def validate_config(cfg: DictConfig) -> None:
                               f"e.g. model.hidden_sizes=[23,24,15,4]; got {sizes!r}")
     for key in ("max_epochs", "max_steps"):  # Lightning would train nothing (0) or fail an assert (0.5)
         budget = cfg.trainer.get(key)
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < -1 or budget == 0):
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or not (budget == -1 or budget >= 1)):
             raise ConfigError(f"trainer.{key} must be -1 (no limit: the protocol ends the run) or an integer >= 1, "
                               f"got {budget!r}")
     precision = str(cfg.trainer.get("precision") or "32")
