@@ -17,6 +17,7 @@ def main(cfg: DictConfig) -> float:
     from hydra.types import RunMode
 
     from npnn.data.download import DataUnavailableError
+    from npnn.data.tabular import DataError
     from npnn.module import TrainingError
     from npnn.runs import CheckpointError, RunDirError, RunInterrupted, SettingConflictError
     from npnn.train import ConfigError, main as train
@@ -28,7 +29,7 @@ def main(cfg: DictConfig) -> float:
     except SettingConflictError as err:  # a sweep into another sweep's directory: stop it all, touch nothing
         logging.getLogger("npnn.train").error("%s", err)
         raise SystemExit(3) from None
-    except (ConfigError, CheckpointError, RunDirError, DataUnavailableError, TrainingError) as err:
+    except (ConfigError, CheckpointError, RunDirError, DataUnavailableError, DataError, TrainingError) as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             if cfg.get("sweep_failure_value") is not None and isinstance(err, TrainingError):
                 logging.getLogger("npnn.train").error("%s; the sweeper gets %s", err, cfg.sweep_failure_value)

@@ -20,7 +20,10 @@ CONF_DIR = Path(str(files("npnn.conf")))  # the repository's conf/ (editable ins
 
 
 def alpha_r(alpha_r_lambda: float, lam: float) -> float:
-    """``alpha_r = alpha_r_lambda / lambda``; lambda = 0 leaves it undefined."""
+    """``alpha_r = alpha_r_lambda / lambda``; lambda = 0 leaves it undefined; ``auto`` until the data is loaded
+    (``dataset=csv``: :func:`npnn.train.resolve_auto`)."""
+    if "auto" in (alpha_r_lambda, lam):
+        return "auto"
     if not lam > 0:
         raise ValueError(f"optimizer.alpha_r = dataset.alpha_r_lambda / lambda needs lambda > 0, got lambda={lam}: "
                          f"set optimizer.alpha_r to a number")

@@ -42,7 +42,7 @@ __all__ = ["AtomicCheckpointIO", "CheckpointError", "RunDirError", "SettingConfl
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("checkpoints", "logs", "summary.json", "units.csv", "unit_lengths.csv")  # what a run writes
+RUN_FILES = ("checkpoints", "logs", "summary.json", "units.csv", "unit_lengths.csv", "data.json")  # what a run writes
 # keys a resume may change without asking: budgets, paths, display
 FREE_KEYS = ("ckpt_path", "data_dir", "overwrite", "resume_existing", "resume_changes", "checkpoint_every_steps", "logger",
              "sweep_failure_value", "trainer.max_epochs",

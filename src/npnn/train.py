@@ -27,13 +27,16 @@ from pytorch_lightning.callbacks import ModelCheckpoint, Timer
 
 from npnn.callbacks import RewindProtocol, RunProgressBar, UnitLogger
 from npnn.data import InMemoryDataModule, Splits
+from npnn.data.download import DataUnavailableError
+from npnn.data.tabular import AUTO_KEYS, DataError, auto_lambda, auto_settings
 from npnn.module import Growth, NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS
 from npnn.optim import ParametricOptimizer
 from npnn.runs import (FINISHED, AtomicCheckpointIO, ResumeChanges, SettingConflictError, StopOnSignal, check_resume, delete_run,
                        existing_run, is_relaunch, prepare_run_dir, read_checkpoint, run_config, setting_conflicts, write_atomic)
 
-__all__ = ["main", "build", "validate_config", "steps_per_call", "ConfigError", "final_errors"]
+__all__ = ["main", "run", "build", "validate_config", "steps_per_call", "ConfigError", "final_errors", "load_data",
+           "resolve_auto"]
 
 log = logging.getLogger(__name__)
 MODEL_KINDS = ("nonparametric", "parametric")
@@ -93,6 +96,56 @@ def validate_config(cfg: DictConfig) -> None:
         cfg.optimizer.get("alpha_r")  # alpha_r_lambda / lambda (conf/optimizer/adarad.yaml)
     except InterpolationResolutionError as err:
         raise ConfigError(str(err.__cause__ or err)) from None
+
+
+def load_data(cfg: DictConfig) -> Splits:
+    """The run's :class:`Splits` (``dataset.loader``); a problem with the data is one :class:`DataError` line."""
+    try:
+        splits = instantiate(cfg.dataset.loader)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, (DataError, DataUnavailableError)):
+            raise cause from None  # the loader's own message names the file and the fix
+        if isinstance(cause, TypeError):  # an argument the loader does not take
+            raise ConfigError(f"dataset.loader: {cause}") from None
+        raise
+    if not isinstance(splits, Splits):
+        raise ConfigError(f"dataset.loader ({cfg.dataset.loader.get('_target_')}) returned a "
+                          f"{type(splits).__name__}, not npnn.data.Splits")
+    return splits
+
+
+def resolve_auto(cfg: DictConfig, splits: Splits) -> tuple[DictConfig, dict[str, Any]]:
+    """A copy of ``cfg`` with every ``auto`` setting (``dataset=csv``, ``tensors``) derived from the training rows
+    (:func:`npnn.data.tabular.auto_settings`), and ``{key: value}`` of those it set; ``cfg`` as it is where none
+    is ``auto`` (the paper's data sets). The run's stored config keeps ``auto``: the same data gives the same values."""
+    dataset = cfg.dataset
+    autos = [k for k in AUTO_KEYS if dataset.get(k) == "auto"]
+    derived: dict[str, Any] = {}
+    if autos or cfg.get("lambda") == "auto":
+        n_train = splits.sizes[0]
+        values = auto_settings(n_train, splits.num_classes, {k: dataset.get(k) for k in AUTO_KEYS if k in dataset})
+        derived = {f"dataset.{k}": values[k] for k in autos}
+        if cfg.get("lambda") == "auto":
+            derived["lambda"] = auto_lambda(n_train)
+        cfg = copy.deepcopy(cfg)
+        for key, value in derived.items():
+            OmegaConf.update(cfg, key, value, force_add=True)
+    batch = cfg.dataset.get("batch_size")
+    if isinstance(batch, int) and not isinstance(batch, bool) and batch > splits.sizes[0]:
+        raise DataError(f"dataset.batch_size={batch} is more than the {splits.sizes[0]} training rows: lower it "
+                        f"(dataset.batch_size=auto picks min(1000, max(32, rows / 20)))")
+    return cfg, derived
+
+
+def data_record(splits: Splits) -> dict[str, Any] | None:
+    """``data.json``: what a prediction needs to read raw features and give back the user's labels (your own
+    data; ``None`` for the paper's data sets)."""
+    if splits.classes is None:
+        return None
+    return {"name": splits.name, "features": splits.feature_names, "classes": splits.classes,
+            "standardize": {"mean": splits.feature_mean, "std": splits.feature_std},
+            "rows": dict(zip(("train", "val", "test"), splits.sizes))}
 
 
 def _construct(group: str, make: Callable[[], Any]) -> Any:
@@ -173,8 +226,10 @@ def hidden_sizes(model: DictConfig) -> list[int]:
     return [int(h) for h in model.hidden_sizes]
 
 
-def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, NonparametricModule, InMemoryDataModule]:
-    """Everything a run needs, from its config."""
+def build(cfg: DictConfig, run_dir: str | Path,
+          splits: Splits | None = None) -> tuple[pl.Trainer, NonparametricModule, InMemoryDataModule]:
+    """Everything a run needs, from its config (``splits``: the data, already loaded; else ``dataset.loader``).
+    The datamodule's ``auto_settings`` are the values :func:`resolve_auto` derived."""
     validate_config(cfg)
     run_dir = Path(run_dir)
     stored, changes, resumed_k, resumed_epoch = None, {}, None, 0
@@ -183,6 +238,11 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
         stored, changes = checkpoint.get("npnn_config"), check_resume(checkpoint, cfg, cfg.ckpt_path)
         resumed_k, resumed_epoch = checkpoint["npnn"]["steps_per_call"], int(checkpoint.get("epoch", 0))
         del checkpoint
+    written = cfg  # as the user wrote it (auto kept): stored in checkpoints, compared on resume
+    splits = load_data(cfg) if splits is None else splits
+    cfg, derived = resolve_auto(cfg, splits)
+    if derived:
+        validate_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     model = cfg.model
     growth = None
@@ -192,10 +252,10 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
     callbacks: list[pl.Callback] = []
     if cfg.protocol is not None and cfg.protocol.get("_target_"):  # the protocol for the model's kind
         callbacks.append(_construct("protocol", lambda: instantiate(cfg.protocol, kind=model.kind)))
-    splits: Splits = instantiate(cfg.dataset.loader)
     datamodule = _construct("dataset", lambda: InMemoryDataModule(
         splits, batch_size=cfg.dataset.batch_size, eval_batch_size=cfg.dataset.get("eval_batch_size", 10_000),
         seed=cfg.seed))
+    datamodule.auto_settings = derived
     k = steps_per_call(cfg, datamodule.train_batches.num_batches, resumed_k)
     if resumed_k is not None and k != resumed_k:  # Lightning's restored loop counts calls of the checkpoint's size
         raise ConfigError(f"the checkpoint's run made {resumed_k} optimizer steps per training-step call, and this "
@@ -213,7 +273,7 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[pl.Trainer, Nonparametr
     callbacks.append(UnitLogger(run_dir, lengths_every=cfg.get("unit_lengths_every", 1)))
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RunProgressBar())  # sizes, VCE, phase and step size on the bar
-    callbacks.append(ResumeChanges(cfg, stored, changes))
+    callbacks.append(ResumeChanges(written, stored, changes))
     callbacks.append(StopOnSignal(run_dir / "checkpoints" / "last.ckpt"))
     # checkpoints/last.ckpt, overwritten at every validation (or every checkpoint_every_steps steps): the
     # "top-1" file of an unmonitored ModelCheckpoint, which is the latest (save_last alone saves nothing)
@@ -258,6 +318,13 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     A run that cannot go on (diverged, constant network, chance level, a signal) still writes
     ``summary.json`` with ``stopped_by`` and ``error``; then the error is raised again.
     """
+    return run(cfg, run_dir)[0]
+
+
+def run(cfg: DictConfig, run_dir: str | Path | None = None,
+        splits: Splits | None = None) -> tuple[dict[str, Any], NonparametricModule | None]:
+    """:func:`main`, and the trained module (``None``: a relaunch that skipped an ended run). ``splits``: the data,
+    already in memory (:class:`npnn.sklearn.NonparametricClassifier`); else the config's ``dataset.loader``."""
     launched_by_hydra = run_dir is None
     if launched_by_hydra:
         run_dir = HydraConfig.get().runtime.output_dir
@@ -273,7 +340,7 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
                                        f"its own hydra.sweep.dir, or overwrite=true to replace that run")
         if isinstance(found, dict) and found.get("stopped_by") in FINISHED:
             log.info("%s holds this run, finished (stopped_by %s): skipped", run_dir, found.get("stopped_by"))
-            return found
+            return found, None
         if isinstance(found, dict):  # it failed by itself, and would again: the sweep still says so
             failure = TrainingError(f"{run_dir} holds this run, which stopped earlier ({found.get('stopped_by')}): "
                                     f"{found.get('error', '')}; overwrite=true runs it again")
@@ -285,9 +352,18 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
             OmegaConf.update(cfg, "ckpt_path", str(found))
         overwrite = True  # nothing to resume: what the earlier attempt left is replaced
     earlier = prepare_run_dir(run_dir, cfg.get("ckpt_path"), overwrite=overwrite)
+    splits = load_data(cfg) if splits is None else splits  # bad data: one line, before anything is written
+    resolve_auto(cfg, splits)
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer, module, datamodule = build(cfg, run_dir)
+    trainer, module, datamodule = build(cfg, run_dir, splits=splits)
     delete_run(earlier)  # overwrite=true: only once the new run has passed every check
+    derived = datamodule.auto_settings
+    if derived:
+        log.info("auto settings from the %d training rows: %s", splits.sizes[0],
+                 ", ".join(f"{k}={v:.4g}" for k, v in derived.items()))
+    record = data_record(splits)
+    if record is not None:
+        write_atomic(run_dir / "data.json", json.dumps(record, indent=1, default=str))
     stop = next(cb for cb in trainer.callbacks if isinstance(cb, StopOnSignal))
     stop.install()  # before fit: a signal during start-up also ends in a checkpoint after the first step
     start = time.time()
@@ -319,7 +395,7 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "protocol" if protocol is not None and protocol.done else \
         "time" if timer is not None and timer.time_remaining() <= 0 else "budget"
     summary = {
-        "dataset": s.name, "lambda": cfg["lambda"], "seed": cfg.seed, "model": cfg.model.kind, "norm": cfg.model.norm,
+        "dataset": s.name, "lambda": derived.get("lambda", cfg["lambda"]), "seed": cfg.seed, "model": cfg.model.kind, "norm": cfg.model.norm,
         "optimizer": cfg.optimizer.get("algorithm") or cfg.optimizer._target_.rsplit(".", 1)[-1],
         "step_size": module.configured_hparams[0][module.step_size_key],
         "hidden_sizes": module.net.hidden_sizes, "weights": module.net.num_weights(),
@@ -338,6 +414,8 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "protocol": protocol.history if protocol is not None else [],
         "config": run_config(cfg),  # a relaunch checks a skipped run's setting against it (no checkpoint needed)
     }
+    if derived:
+        summary["auto_settings"] = derived  # config's auto values, derived from the data (resolve_auto)
     if launched_by_hydra:  # the run's own setting (.hydra/ holds the last launch that trained here)
         summary["overrides"] = list(HydraConfig.get().overrides.task)
     if cfg.get("ckpt_path") is not None:
@@ -369,4 +447,4 @@ def main(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
              100 * summary["val_error"], 100 * summary["test_error"], summary["epochs"], wall, run_dir)
     if failure is not None:
         raise failure
-    return summary
+    return summary, module

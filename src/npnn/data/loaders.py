@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -28,6 +29,11 @@ class Splits:
     y_test: Tensor
     num_classes: int
     name: str = "data"
+    # your own data (npnn.data.tabular): what a prediction needs to map raw features and class indices back
+    classes: list[Any] | None = None  # the user's label of each class index
+    feature_names: list[str] | None = None
+    feature_mean: list[float] | None = None  # the standardisation, from the training rows
+    feature_std: list[float] | None = None
 
     def __post_init__(self) -> None:
         for split in ("train", "val", "test"):
