@@ -127,6 +127,26 @@ def test_a_csv_run_records_its_labels_standardisation_and_derived_settings(tmp_p
     assert skipped["val_error"] == summary["val_error"]
 
 
+def test_a_resume_refuses_another_data_file_or_changed_data(tmp_path):
+    from npnn.runs import CheckpointError
+    from npnn.train import ConfigError
+
+    table(600).to_csv(tmp_path / "t.csv", index=False)
+    main(csv_config(tmp_path / "t.csv", FAST, "trainer.max_steps=24"), tmp_path / "run")
+    ckpt = f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"
+    table(600, seed=5).to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(CheckpointError, match="dataset.path"):  # not even with resume_changes
+        main(compose("dataset=csv", f"dataset.path={tmp_path / 'other.csv'}", "dataset.target=label", *QUIET, FAST,
+                     "trainer.max_steps=48", ckpt, "resume_changes=[dataset.path]"), tmp_path / "run")
+    table(900).to_csv(tmp_path / "t.csv", index=False)  # the same file name, more rows: other derived settings
+    with pytest.raises(CheckpointError, match=r"derived from the data differ .*lambda: checkpoint 0.00277\d*, now 0.00185"):
+        main(csv_config(tmp_path / "t.csv", FAST, "trainer.max_steps=48", ckpt), tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"dataset.batch_size must be auto or an integer >= 1, got 0"):
+        main(csv_config(tmp_path / "t.csv", "dataset.batch_size=0"), tmp_path / "run2")
+    with pytest.raises(ConfigError, match=r"dataset.patience must be auto or a number > 0, got 0"):
+        main(csv_config(tmp_path / "t.csv", "dataset.patience=0"), tmp_path / "run2")
+
+
 # -------------------------------------------------------------- bad input
 def _bad(tmp_path: Path, name: str, frame: pd.DataFrame | None = None, **files: pd.DataFrame) -> Path:
     if frame is not None:
@@ -216,6 +236,11 @@ def test_the_same_random_state_refits_identically_and_eval_set_is_the_validation
     assert np.array_equal(a.predict_proba(X), b.predict_proba(X)) and a.hidden_sizes_ == b.hidden_sizes_
     c = NonparametricClassifier(random_state=3, max_epochs=15).fit(X[:200], y[:200], eval_set=(X[200:], y[200:]))
     assert c.summary_["val_error"] == pytest.approx(1 - c.score(X[200:], y[200:]), abs=1e-6)
+    before = np.random.get_state()[1].copy(), torch.get_rng_state()
+    kept = NonparametricClassifier(random_state=3, max_epochs=15, run_dir=str(tmp_path / "run"))
+    kept.fit(X, y).fit(X, y)  # a refit replaces the run in run_dir
+    assert np.array_equal(kept.predict_proba(X), a.predict_proba(X))
+    assert np.array_equal(np.random.get_state()[1], before[0]) and torch.equal(torch.get_rng_state(), before[1])
 
 
 def test_the_estimator_works_in_pipelines_cross_validation_and_grid_search():
@@ -262,3 +287,19 @@ def test_bad_estimator_arguments_name_the_parameter():
         NonparametricClassifier().fit(X, np.zeros(40))
     with pytest.warns(ConvergenceWarning, match="no better than always predicting the majority class"):
         NonparametricClassifier(max_epochs=2, random_state=0).fit(X, y)  # noise: it learns nothing, and says so
+
+
+@pytest.mark.slow
+def test_the_comparison_writes_its_table_and_goes_on_where_it_stopped(tmp_path):
+    from npnn.tabular import main as tabular
+
+    out = tmp_path / "tabular"
+    tabular(["--datasets", "wine", "--seeds", "1", "--out", str(out)])
+    records = json.loads(out.with_suffix(".json").read_text())
+    assert [r["method"] for r in records] == ["NP (defaults)", "MLP (defaults)", "MLP (width grid)",
+                                             "LogisticRegression", "HistGradientBoosting"]
+    assert all(0.8 < r["test_accuracy"] <= 1 and r["cpu_s"] >= 0 for r in records)
+    table = out.with_suffix(".md").read_text()
+    assert "| wine (142 rows, 1 seeds) | NP (defaults) |" in table
+    tabular(["--datasets", "wine", "--seeds", "1", "--out", str(out)])  # launched again: nothing is refitted
+    assert json.loads(out.with_suffix(".json").read_text()) == records

@@ -4,6 +4,11 @@
     python -m npnn.bench kernels [--rounds 30]
     python -m npnn.bench epoch [--dataset poker|mnist] [--sizes ...] [--epochs N] [--data-dir DIR] [--set KEY=VALUE ...]
     python -m npnn.bench lightning [--sizes 43 44 35 24] [--rounds 5]
+    python -m npnn.bench sklearn [--rounds 1]
+
+``sklearn`` times ``NonparametricClassifier().fit`` on scikit-learn's digits (all 1,797 rows, defaults,
+``random_state=0``) against ``MLPClassifier().fit`` behind a ``StandardScaler`` on the same rows, in CPU
+seconds (``time.process_time``; run it with ``OMP_NUM_THREADS=1`` for one core).
 
 ``epoch`` times epochs of the app (``python train.py dataset=poker``; ``--dataset mnist``: the
 Fig. 3 setting, ``experiment=fig3_mnist``), starting from ``--sizes``, against a plain PyTorch
@@ -349,6 +354,37 @@ def bench_lightning(sizes: list[int], rounds: int) -> float:
     return ratio
 
 
+def bench_sklearn(rounds: int) -> float:
+    """CPU seconds of ``NonparametricClassifier().fit`` on digits, and the ratio to ``MLPClassifier().fit``'s."""
+    import warnings  # noqa: PLC0415
+
+    from sklearn.datasets import load_digits  # noqa: PLC0415
+    from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
+    from sklearn.neural_network import MLPClassifier  # noqa: PLC0415
+    from sklearn.pipeline import make_pipeline  # noqa: PLC0415
+    from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
+
+    from npnn.sklearn import NonparametricClassifier  # noqa: PLC0415
+
+    X, y = load_digits(return_X_y=True)
+    nonparametric, mlp, sizes = [], [], None
+    for _ in range(rounds):
+        start = time.process_time()
+        sizes = NonparametricClassifier(random_state=0).fit(X, y).hidden_sizes_
+        nonparametric.append(time.process_time() - start)
+        start = time.process_time()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            make_pipeline(StandardScaler(), MLPClassifier(random_state=0)).fit(X, y)
+        mlp.append(time.process_time() - start)
+    np_s, mlp_s = statistics.median(nonparametric), statistics.median(mlp)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; digits (1,797 rows, 64 features, 10 classes), "
+          f"{rounds} round(s)")
+    print(f"NonparametricClassifier().fit: {np_s:.1f} CPU s (final sizes {'-'.join(map(str, sizes))}); "
+          f"MLPClassifier().fit: {mlp_s:.2f} CPU s; ratio {np_s / mlp_s:.1f}")
+    return np_s
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m npnn.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -373,6 +409,9 @@ def main(argv: list[str] | None = None) -> None:
     p_light.add_argument("--sizes", type=int, nargs="+", default=[43, 44, 35, 24])
     p_light.add_argument("--rounds", type=int, default=5)
     p_light.add_argument("--threads", type=int, default=None)
+    p_sklearn = sub.add_parser("sklearn", help="NonparametricClassifier().fit on digits, in CPU seconds")
+    p_sklearn.add_argument("--rounds", type=int, default=1)
+    p_sklearn.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -384,6 +423,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_epoch(args.dataset, args.sizes, args.epochs, args.data_dir, args.set)
     elif args.what == "lightning":
         bench_lightning(args.sizes, args.rounds)
+    elif args.what == "sklearn":
+        bench_sklearn(args.rounds)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ FREE_KEYS = ("ckpt_path", "data_dir", "overwrite", "resume_existing", "resume_ch
              "trainer.max_steps", "trainer.max_time", "trainer.enable_progress_bar", "trainer.enable_model_summary")
 # keys no resume may change: the data, its order, the network's structure, the algorithm
 FIXED_KEYS = ("seed", "steps_per_call", "dataset.loader", "dataset.source", "dataset.batch_size",
+              "dataset.path", "dataset.target", "dataset.features", "dataset.val_path", "dataset.test_path",
+              "dataset.val_fraction", "dataset.test_fraction", "dataset.split_seed", "dataset.standardize",
               "dataset.hidden_layers", "model.kind", "model.norm", "model.output_norm", "model.hidden_layers",
               "model.hidden_sizes", "model.start_units", "model.capnorm_eval_stats", "model.norm_momentum",
               "optimizer._target_", "optimizer.algorithm", "optimizer.scale", "protocol._target_")
@@ -331,13 +333,16 @@ class ResumeChanges(pl.Callback):
     whether units are added.
     """
 
-    def __init__(self, cfg: DictConfig, stored: dict | None = None, changes: dict | None = None) -> None:
+    def __init__(self, cfg: DictConfig, stored: dict | None = None, changes: dict | None = None,
+                 auto_settings: dict | None = None) -> None:
         self.config = run_config(cfg)
+        self.auto_settings = dict(auto_settings or {})  # the config's auto values as derived from the data
         self.stored, self.changes = stored, dict(changes or {})
         self.applied: dict = {}  # the changes once training resumed (none where the budget was already spent)
 
     def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
         checkpoint["npnn_config"] = self.config
+        checkpoint["npnn_auto_settings"] = self.auto_settings
 
     def on_train_start(self, trainer, module) -> None:
         if not self.changes:
@@ -355,7 +360,7 @@ class ResumeChanges(pl.Callback):
         elif protocol is not None and protocol.kind == "nonparametric" and protocol.phase in ("fit", "anneal"):
             keep.add("lam")
             log.warning("resume: lambda stays 0, as the protocol sets it after its prune stage; the new lambda "
-                        "%g acts through alpha_r = alpha_r_lambda / lambda only", new["lambda"])
+                        "%s acts through alpha_r = alpha_r_lambda / lambda only", new["lambda"])
         for group, fresh in zip(module.optimizer.param_groups, module.configured_hparams):
             group.update({k: v for k, v in fresh.items() if k not in keep})  # e.g. alpha_r, beta
         if old["model"].get("growth") != new["model"].get("growth") and module.growth is not None:

@@ -24,7 +24,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 __all__ = ["NonparametricClassifier"]
 
@@ -44,14 +44,14 @@ class NonparametricClassifier(ClassifierMixin, BaseEstimator):
         lam: the fan-in penalty lambda; ``"auto"``: ``1 / |D|``.
         hidden_layers: the number of hidden layers (their widths are learned).
         start_units: units per hidden layer at the start (Table 3: 10).
-        alpha_phi: AdaRad's angular step size; ``"auto"``: ``min(10, |D| / (2 |D^t|))``.
+        alpha_phi: AdaRad's angular step size; ``"auto"``: ``min(10, steps an epoch / 2)``.
         batch_size: ``"auto"`` or examples per step.
         max_epochs: a budget in epochs (``None``: the protocol ends the run).
         validation_fraction: the share of ``X`` held out to pick the network, unless ``fit`` gets ``eval_set``.
         random_state: the seed of the split, the initial weights, the batches and the growth (an int: identical refits).
         overrides: further config overrides, as on the command line (e.g. ``["dataset.patience=20"]``).
-        run_dir: keep the run's records there (``metrics.csv``, ``summary.json``, checkpoints); ``None``: a
-            temporary directory, deleted after ``fit``.
+        run_dir: keep the run's records there (``metrics.csv``, ``summary.json``, checkpoints; each ``fit``
+            replaces the last one's); ``None``: a temporary directory, deleted after ``fit``.
         verbose: show the run's log and Lightning's messages.
 
     Fitted attributes: ``classes_``, ``n_features_in_`` (``feature_names_in_`` for a DataFrame),
@@ -93,7 +93,7 @@ class NonparametricClassifier(ClassifierMixin, BaseEstimator):
             if not (isinstance(eval_set, (tuple, list)) and len(eval_set) == 2):
                 raise ValueError("eval_set must be a pair (X_val, y_val)")
             X_val = validate_data(self, eval_set[0], reset=False, dtype=[np.float64, np.float32])
-            y_val = np.asarray(eval_set[1])
+            y_val = column_or_1d(eval_set[1], warn=True)
             if len(y_val) != len(X_val):
                 raise ValueError(f"eval_set: X_val has {len(X_val)} rows and y_val {len(y_val)}")
             X_train, y_train = X, y
@@ -115,8 +115,10 @@ class NonparametricClassifier(ClassifierMixin, BaseEstimator):
         cfg = compose(*self._overrides(seed))
         keep = self.run_dir is not None
         run_dir = Path(self.run_dir) if keep else Path(tempfile.mkdtemp(prefix="npnn-fit-"))
+        if keep:  # a refit (and each clone of a search) replaces the run in run_dir
+            cfg.overwrite = True
         try:
-            with self._quiet():
+            with self._quiet(), _own_random_state():
                 summary, module = run(cfg, run_dir, splits=splits)
             self.history_ = _history(run_dir)
         finally:
@@ -193,6 +195,20 @@ class NonparametricClassifier(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.random_state is None
         return tags
+
+
+@contextlib.contextmanager
+def _own_random_state():
+    """The run seeds Python's, NumPy's and torch's global generators (``seed_everything``): give them back."""
+    import random  # noqa: PLC0415
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
 
 
 def _majority_error(y: np.ndarray) -> float:

@@ -4,23 +4,26 @@
 
 For each data set and seed, one stratified 80 / 20 train / test split (``random_state=seed``), and on it:
 
-- ``NP (defaults)``: :class:`npnn.sklearn.NonparametricClassifier` with its defaults (``random_state=seed``);
+- ``NP (defaults)``: :class:`npnn.sklearn.NonparametricClassifier` with its defaults (``random_state=seed``),
+  validated on the grid's validation rows (``eval_set``);
 - ``MLP (defaults)``: scikit-learn's ``MLPClassifier`` with its defaults, behind a ``StandardScaler``;
 - ``MLP (width grid)``: ``MLPClassifier`` with 1 or 2 hidden layers of 16, 32, 64, 128, 256 or 512 units
-  (12 fits), picked by the accuracy on the same 20% validation share of the training rows that NP holds out;
+  (12 fits), trained on 80% of the training rows and picked by the accuracy on the other 20%, NP's validation rows;
   its CPU time is the whole grid's;
 - ``LogisticRegression`` and ``HistGradientBoostingClassifier`` with their defaults.
 
 Everything runs on one core (torch and the BLAS / OpenMP pools limited to one thread). The test accuracy
 is reported as mean and standard deviation over the seeds, with the final width and the fit's CPU
 seconds (``time.process_time``). ``poker`` is npnn's generated poker data set (``dataset=poker``), its
-first 100,000 rows. ``--out`` writes ``<out>.md`` (the table) and ``<out>.json`` (every fit's record).
+first 100,000 rows. ``--out`` writes ``<out>.md`` (the table) and ``<out>.json`` (every fit's record, after
+every split: launched again, the command keeps the splits ``<out>.json`` holds and runs the others).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -39,7 +42,7 @@ def load(name: str) -> tuple[np.ndarray, np.ndarray]:
     if name == "poker":
         from npnn.data.poker import load_poker  # noqa: PLC0415
 
-        splits = load_poker(standardize_features=False, split=(100_000, 0, 0))
+        splits = load_poker(standardize_features=False, split=(100_000, 1, 1))  # the first 100,000 hands
         return splits.x_train.double().numpy(), splits.y_train.numpy()
     import sklearn.datasets  # noqa: PLC0415
 
@@ -88,12 +91,13 @@ def compare(name: str, seed: int) -> list[dict[str, Any]]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # MLPClassifier's max_iter=200, as a user gets it
-        np_model, cpu = _timed(lambda: NonparametricClassifier(random_state=seed).fit(X_train, y_train))
+        X_fit, X_val, y_fit, y_val = train_test_split(X_train, y_train, test_size=VALIDATION_FRACTION,
+                                                      random_state=seed, stratify=y_train)
+        np_model, cpu = _timed(lambda: NonparametricClassifier(random_state=seed).fit(X_fit, y_fit,
+                                                                                      eval_set=(X_val, y_val)))
         record("NP (defaults)", np_model, cpu, "-".join(map(str, np_model.hidden_sizes_)))
         mlp, cpu = _timed(lambda: _mlp(None, seed).fit(X_train, y_train))
         record("MLP (defaults)", mlp, cpu, "100")
-        X_fit, X_val, y_fit, y_val = train_test_split(X_train, y_train, test_size=VALIDATION_FRACTION,
-                                                      random_state=seed, stratify=y_train)
         grid, total = [], 0.0
         for hidden in [(w,) for w in WIDTHS] + [(w, w) for w in WIDTHS]:
             model, cpu = _timed(lambda: _mlp(hidden, seed).fit(X_fit, y_fit))
@@ -135,21 +139,25 @@ def main(argv: list[str] | None = None) -> None:
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
 
     torch.set_num_threads(1)
+    out = Path(args.out) if args.out else None
+    done = json.loads(out.with_suffix(".json").read_text()) if out and out.with_suffix(".json").is_file() else []
     records: list[dict[str, Any]] = []
     with threadpool_limits(1):
         for name in args.datasets:
             for seed in range(args.seeds):
-                records += compare(name, seed)
-                print(f"{name} seed {seed}: " + ", ".join(f"{r['method']} {100 * r['test_accuracy']:.2f}% "
-                                                          f"({r['cpu_s']:.1f} s)" for r in records[-5:]), flush=True)
+                earlier = [r for r in done if (r["dataset"], r["seed"]) == (name, seed)]
+                records += earlier or compare(name, seed)  # a relaunch keeps the splits it has (<out>.json)
+                print(f"{name} seed {seed}{' (from ' + str(out.with_suffix('.json')) + ')' if earlier else ''}: "
+                      + ", ".join(f"{r['method']} {100 * r['test_accuracy']:.2f}% ({r['cpu_s']:.1f} s)"
+                                  for r in records[-5:]), flush=True)
+                if out:  # after every split: a long comparison can stop and go on
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.with_suffix(".json").write_text(json.dumps(records, indent=1))
     text = table(records)
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        command = "python -m npnn.tabular " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    if out:
+        command = "python -m npnn.tabular " + " ".join(argv if argv is not None else sys.argv[1:])
         out.with_suffix(".md").write_text(f"Written by `{command.strip()}` (one core).\n\n{text}\n")
-        out.with_suffix(".json").write_text(json.dumps(records, indent=1))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from npnn.data.tabular import AUTO_KEYS, DataError, auto_lambda, auto_settings
 from npnn.module import Growth, NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS
 from npnn.optim import ParametricOptimizer
-from npnn.runs import (FINISHED, AtomicCheckpointIO, ResumeChanges, SettingConflictError, StopOnSignal, check_resume, delete_run,
+from npnn.runs import (FINISHED, AtomicCheckpointIO, CheckpointError, ResumeChanges, SettingConflictError, StopOnSignal, check_resume, delete_run,
                        existing_run, is_relaunch, prepare_run_dir, read_checkpoint, run_config, setting_conflicts, write_atomic)
 
 __all__ = ["main", "run", "build", "validate_config", "steps_per_call", "ConfigError", "final_errors", "load_data",
@@ -106,7 +106,7 @@ def load_data(cfg: DictConfig) -> Splits:
         cause = err.__cause__
         if isinstance(cause, (DataError, DataUnavailableError)):
             raise cause from None  # the loader's own message names the file and the fix
-        if isinstance(cause, TypeError):  # an argument the loader does not take
+        if isinstance(cause, TypeError) and "argument" in str(cause):  # an argument the loader does not take
             raise ConfigError(f"dataset.loader: {cause}") from None
         raise
     if not isinstance(splits, Splits):
@@ -124,7 +124,10 @@ def resolve_auto(cfg: DictConfig, splits: Splits) -> tuple[DictConfig, dict[str,
     derived: dict[str, Any] = {}
     if autos or cfg.get("lambda") == "auto":
         n_train = splits.sizes[0]
-        values = auto_settings(n_train, splits.num_classes, {k: dataset.get(k) for k in AUTO_KEYS if k in dataset})
+        try:
+            values = auto_settings(n_train, splits.num_classes, {k: dataset.get(k) for k in AUTO_KEYS if k in dataset})
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         derived = {f"dataset.{k}": values[k] for k in autos}
         if cfg.get("lambda") == "auto":
             derived["lambda"] = auto_lambda(n_train)
@@ -237,10 +240,17 @@ def build(cfg: DictConfig, run_dir: str | Path,
         checkpoint = read_checkpoint(cfg.ckpt_path)
         stored, changes = checkpoint.get("npnn_config"), check_resume(checkpoint, cfg, cfg.ckpt_path)
         resumed_k, resumed_epoch = checkpoint["npnn"]["steps_per_call"], int(checkpoint.get("epoch", 0))
+        resumed_auto = checkpoint.get("npnn_auto_settings", {})
         del checkpoint
     written = cfg  # as the user wrote it (auto kept): stored in checkpoints, compared on resume
     splits = load_data(cfg) if splits is None else splits
     cfg, derived = resolve_auto(cfg, splits)
+    if stored is not None and resumed_auto != derived:  # the same config, but the data has changed
+        differ = ", ".join(f"{k}: checkpoint {resumed_auto.get(k)!r}, now {derived.get(k)!r}"
+                           for k in sorted(set(resumed_auto) | set(derived)) if resumed_auto.get(k) != derived.get(k))
+        raise CheckpointError(f"{cfg.ckpt_path}: the settings derived from the data differ from the checkpoint's "
+                              f"({differ}): the data file has changed since the run began; resume with its data, or "
+                              f"start a new run")
     if derived:
         validate_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
@@ -273,7 +283,7 @@ def build(cfg: DictConfig, run_dir: str | Path,
     callbacks.append(UnitLogger(run_dir, lengths_every=cfg.get("unit_lengths_every", 1)))
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RunProgressBar())  # sizes, VCE, phase and step size on the bar
-    callbacks.append(ResumeChanges(written, stored, changes))
+    callbacks.append(ResumeChanges(written, stored, changes, derived))
     callbacks.append(StopOnSignal(run_dir / "checkpoints" / "last.ckpt"))
     # checkpoints/last.ckpt, overwritten at every validation (or every checkpoint_every_steps steps): the
     # "top-1" file of an unmonitored ModelCheckpoint, which is the latest (save_last alone saves nothing)
@@ -424,7 +434,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None,
             log.warning("resume: the checkpoint had spent this run's budget, so nothing trained and resume_changes "
                         "had no effect (%s); raise trainer.max_epochs or max_steps to train on",
                         ", ".join(resume.changes))
-            summary["config"], summary["lambda"] = resume.stored, resume.stored["lambda"]  # the run's, unchanged
+            summary["config"] = resume.stored  # the run's, unchanged
+            summary["lambda"] = derived.get("lambda", resume.stored["lambda"]) if resume.stored["lambda"] == "auto" \
+                else resume.stored["lambda"]
         summary["resumed_from"] = str(cfg.ckpt_path)
         summary["changed_on_resume"] = {k: list(v) for k, v in resume.applied.items()}
     if not used["complete"]:

@@ -163,7 +163,12 @@ def make_splits(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | No
     encoded = []
     for split, y in (("validation", y_val), ("test", y_test), ("training", y_train)):
         y = np.asarray(y)
-        index = np.clip(np.searchsorted(labels, y), 0, len(labels) - 1) if len(y) else np.zeros(0, dtype=np.int64)
+        try:
+            index = np.clip(np.searchsorted(labels, y), 0, len(labels) - 1) if len(y) else np.zeros(0, dtype=np.int64)
+        except TypeError:
+            raise DataError(f"{where}: the {split} rows' labels are of another type ({y.dtype}, e.g. {_plain(y[0])!r}) "
+                            f"than the training rows' ({labels.dtype}, e.g. {_plain(labels[0])!r}): write them alike "
+                            f"in every file") from None
         unknown = y[labels[index] != y] if len(y) else y
         if len(unknown):
             raise DataError(f"{where}: the {split} rows hold class(es) {sorted({_plain(v) for v in unknown}, key=str)[:5]} "
@@ -307,13 +312,18 @@ def auto_settings(n_train: int, num_classes: int, given: dict[str, Any] | None =
     - ``alpha_r = alpha_r_lambda / lambda`` with ``alpha_r_lambda = 2 / P1`` (in epochs): the shrinkage
       moves every fan-in by a length of 2 over one patience (poker 1/(5 lambda), mnist 1/(50 lambda));
     - AdaRad's ``eps = 1e-8 (|D^t| / |D|)^2``: Table 3's 1e-8 scaled as the loss is (poker's 1.6e-14);
-    - ``alpha_phi = min(10, |D| / (2 |D^t|))``: poker's 10 (7.4.2), less where a batch is a large share of the
-      data; the gradient of ``batch sum / |D|``, and with it the rotation per step, grows with ``|D^t| / |D|``;
+    - ``alpha_phi = min(10, steps an epoch / 2)``: poker's 10 (7.4.2), less where a batch is a large share of
+      the data; the gradient of ``batch sum / |D|``, and with it the rotation per step, grows with ``|D^t| / |D|``;
     - ``lambda = 1 / |D|`` (:data:`npnn.data.tabular.auto_lambda`).
 
     ``given``: values the user set (not ``auto``); the others are derived from them.
     """
     given = {k: v for k, v in (given or {}).items() if v != "auto"}
+    for key, value in given.items():
+        whole = key == "batch_size"
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or not value > 0:
+            raise ValueError(f"dataset.{key} must be auto or {'an integer >= 1' if whole else 'a number > 0'}, "
+                             f"got {value!r}")
     n = int(n_train)
     batch = int(given.get("batch_size", min(1000, max(32, math.ceil(n / 20)), n)))
     steps = math.ceil(n / batch)
@@ -328,7 +338,7 @@ def auto_settings(n_train: int, num_classes: int, given: dict[str, Any] | None =
         "patience": patience,
         "anneal_patience": given.get("anneal_patience", _nice(5 * g / steps)),
         "alpha_r_lambda": given.get("alpha_r_lambda", 2.0 / patience),
-        "alpha_phi": given.get("alpha_phi", _nice(min(10.0, n / (2 * batch)))),
+        "alpha_phi": given.get("alpha_phi", min(10.0, steps / 2)),
         "adarad_eps": given.get("adarad_eps", 1e-8 * (batch / n) ** 2),
         "max_prune_epochs": given.get("max_prune_epochs", 2 * patience),
     }
