@@ -125,7 +125,7 @@ def table(records: list[dict[str, Any]]) -> str:
         widths = ", ".join(r["width"] for r in rows) if rows[0]["width"] else ""
         lines.append(f"| {dataset} ({rows[0]['train_rows']:,} rows, {len(rows)} seeds) | {method} | "
                      f"{statistics.mean(acc):.2f}% ± {spread:.2f} | {widths} | "
-                     f"{statistics.mean(r['cpu_s'] for r in rows):.1f} |")
+                     f"{statistics.mean(r['cpu_s'] for r in rows):.2f} |")
     return "\n".join(lines)
 
 
@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
                                   for r in records[-5:]), flush=True)
                 if out:  # after every split: a long comparison can stop and go on
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    out.with_suffix(".json").write_text(json.dumps(records, indent=1))
+                    ran = {(r["dataset"], r["seed"]) for r in records}
+                    rest = [r for r in done if (r["dataset"], r["seed"]) not in ran]  # not lost if this one stops
+                    out.with_suffix(".json").write_text(json.dumps(records + rest, indent=1))
     text = table(records)
     print(text)
     if out:
