@@ -224,6 +224,7 @@ def test_the_estimator_fits_predicts_labels_and_records_its_width_and_history(tm
     assert len(history["epoch"]) == len(history["val_error"]) == len(history["hidden_sizes"]) > 10
     assert history["hidden_sizes"][0] == [10, 10] and np.all(np.diff(history["epoch"]) != 0)
     assert (tmp_path / "run" / "summary.json").is_file()  # the same run record as python train.py
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()  # as python train.py writes it
 
 
 def test_the_same_random_state_refits_identically_and_eval_set_is_the_validation(tmp_path):

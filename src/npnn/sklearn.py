@@ -29,6 +29,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 __all__ = ["NonparametricClassifier"]
 
 QUIET_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning", "npnn")
+NO_CHECKPOINTS = 840 * 10**12  # checkpoint_every_steps never reached (840: every steps_per_call divides it)
 
 
 class NonparametricClassifier(ClassifierMixin, BaseEstimator):
@@ -51,7 +52,7 @@ class NonparametricClassifier(ClassifierMixin, BaseEstimator):
         random_state: the seed of the split, the initial weights, the batches and the growth (an int: identical refits).
         overrides: further config overrides, as on the command line (e.g. ``["dataset.patience=20"]``).
         run_dir: keep the run's records there (``metrics.csv``, ``summary.json``, checkpoints; each ``fit``
-            replaces the last one's); ``None``: a temporary directory, deleted after ``fit``.
+            replaces the last one's); ``None``: a temporary directory without checkpoints, deleted after ``fit``.
         verbose: show the run's log and Lightning's messages.
 
     Fitted attributes: ``classes_``, ``n_features_in_`` (``feature_names_in_`` for a DataFrame),
@@ -117,6 +118,8 @@ class NonparametricClassifier(ClassifierMixin, BaseEstimator):
         run_dir = Path(self.run_dir) if keep else Path(tempfile.mkdtemp(prefix="npnn-fit-"))
         if keep:  # a refit (and each clone of a search) replaces the run in run_dir
             cfg.overwrite = True
+        else:  # the temporary run is deleted after fit: no checkpoint at every validation (a third of the CPU time)
+            cfg.checkpoint_every_steps = NO_CHECKPOINTS
         try:
             with self._quiet(), _own_random_state():
                 summary, module = run(cfg, run_dir, splits=splits)
