@@ -92,16 +92,16 @@ def test_tensors_from_pt_and_npz(tmp_path):
                   alpha_r_lambda=0.02)),  # mnist (Table 3, 7.4.1)
 ])
 def test_the_derived_settings_give_the_papers_schedules_back(rows, paper):
-    settings = auto_settings(rows, 2)
+    settings = auto_settings(rows)
     assert {k: settings[k] for k in paper} == pytest.approx(paper)
 
 
 def test_the_derived_settings_shrink_for_small_data_and_follow_what_the_user_set():
-    small = auto_settings(300, 2)
+    small = auto_settings(300)
     assert small["batch_size"] == 32 and small["val_every"] == 1.0  # at least once an epoch
     assert small["alpha_phi"] < 10  # a batch is a large share of the data: smaller rotations
-    assert auto_settings(10, 2)["batch_size"] == 10  # never more than the rows
-    mine = auto_settings(300, 2, {"patience": 20, "batch_size": 100})
+    assert auto_settings(10)["batch_size"] == 10  # never more than the rows
+    mine = auto_settings(300, {"patience": 20, "batch_size": 100})
     assert mine["batch_size"] == 100 and mine["alpha_r_lambda"] == pytest.approx(2 / 20)
     assert mine["max_prune_epochs"] == 40
 

@@ -125,7 +125,7 @@ def resolve_auto(cfg: DictConfig, splits: Splits) -> tuple[DictConfig, dict[str,
     if autos or cfg.get("lambda") == "auto":
         n_train = splits.sizes[0]
         try:
-            values = auto_settings(n_train, splits.num_classes, {k: dataset.get(k) for k in AUTO_KEYS if k in dataset})
+            values = auto_settings(n_train, {k: dataset.get(k) for k in AUTO_KEYS if k in dataset})
         except ValueError as err:
             raise ConfigError(str(err)) from None
         derived = {f"dataset.{k}": values[k] for k in autos}

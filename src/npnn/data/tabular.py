@@ -24,9 +24,6 @@ from npnn.data.loaders import Splits
 
 __all__ = ["DataError", "load_csv", "load_tensors", "make_splits", "auto_settings", "AUTO_KEYS", "read_table"]
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".gz", ".bz2", ".zip", ".xz", ".parquet", ".pq")
-
-
 class DataError(ValueError):
     """A data file or its content that cannot be trained on; the message names the file, the column and the fix."""
 
@@ -298,7 +295,7 @@ AUTO_KEYS = ("batch_size", "growth_every", "val_every", "patience", "anneal_pati
              "alpha_phi", "adarad_eps", "max_prune_epochs")
 
 
-def auto_settings(n_train: int, num_classes: int, given: dict[str, Any] | None = None) -> dict[str, Any]:
+def auto_settings(n_train: int, given: dict[str, Any] | None = None) -> dict[str, Any]:
     """The settings the paper tunes per data set (Table 3), derived from ``n_train = |D|`` (README, Your own data).
 
     The rule is the paper's two schedules written in optimizer steps, which give both back exactly
