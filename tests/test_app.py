@@ -427,15 +427,21 @@ def test_constant_network_is_reported(tmp_path):
     assert summary["stopped_by"] == "constant_network" and "ConstantNetworkError" in summary["error"]
 
 
-def test_wandb_logs_beside_the_csv_files_offline_with_the_runs_plot(tmp_path, monkeypatch):
+def test_wandb_logs_the_full_config_and_the_summary_beside_the_csv_files_offline_with_the_runs_plot(tmp_path, monkeypatch):
     import wandb  # in the dev extra (and the wandb extra): this test runs in CI
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     cfg = config("dataset=synthetic", "logger=wandb", "trainer.enable_progress_bar=false", "trainer.max_steps=60",
                  "protocol=none")
-    main(cfg, run_dir=tmp_path)
+    summary = main(cfg, run_dir=tmp_path)
+    run_config, logged = dict(wandb.run.config), dict(wandb.run.summary)
     wandb.finish()
+    assert run_config["optimizer"]["alpha_phi"] == cfg.optimizer.alpha_phi and run_config["seed"] == cfg.seed  # all of it
+    assert run_config["dataset"]["batch_size"] == cfg.dataset.batch_size
+    assert run_config["final"]["test_error"] == summary["test_error"]
+    assert logged["test_error"] == summary["test_error"] and logged["hidden_sizes"] == summary["hidden_sizes"]
+    assert logged["stopped_by"] == summary["stopped_by"] and logged["cpu_time_s"] == summary["cpu_time_s"]
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert runs and (tmp_path / "logs" / "version_0" / "metrics.csv").is_file()  # W&B and the CSV files
     assert (tmp_path / "plots" / "run.png").is_file()

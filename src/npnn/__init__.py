@@ -3,8 +3,10 @@ import npnn.config  # noqa: F401  (registers the configs' ${npnn.alpha_r:...} re
 from npnn.nn import CapNorm, NonparametricMLP
 from npnn.optim import AdaRad, AdaRadM
 from npnn.regularizers import omega_in, omega_out
+from npnn.trained import TrainedNetwork, load
 
-__all__ = ["CapNorm", "NonparametricMLP", "AdaRad", "AdaRadM", "omega_in", "omega_out", "NonparametricClassifier"]
+__all__ = ["CapNorm", "NonparametricMLP", "AdaRad", "AdaRadM", "omega_in", "omega_out", "NonparametricClassifier",
+           "TrainedNetwork", "load"]
 __version__ = "0.1.0"
 
 

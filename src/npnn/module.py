@@ -117,7 +117,8 @@ class NonparametricModule(pl.LightningModule):
 
     Args:
         net: constructor arguments of :class:`NonparametricMLP`.
-        optimizer: ``optimizer(param_groups)`` builds the optimizer (a Hydra ``_partial_``). It
+        optimizer: ``optimizer(param_groups)`` builds the optimizer (a Hydra ``_partial_``; None: a module to
+            evaluate, as ``load_from_checkpoint(path)`` gives it). It
             gets one param group holding ``lam``, ``dataset_size`` (``|D|``) and ``batch_size``
             (``|D^t|``): AdaRad's own hyperparameters, kept in the group by torch's optimizers.
         lam: the fan-in regulariser lambda.
@@ -140,8 +141,8 @@ class NonparametricModule(pl.LightningModule):
                            "max_final_val_error": 1.0}
     CHECKPOINT_FORMAT = 3  # lambda and the step size only in the optimizer's param_groups; growth and steps_per_call here
 
-    def __init__(self, net: dict, optimizer: Callable[..., torch.optim.Optimizer], lam: float, dataset_size: int,
-                 batch_size: int, growth: Growth | None = None, divergence: dict | None = None,
+    def __init__(self, net: dict, optimizer: Callable[..., torch.optim.Optimizer] | None = None, lam: float = 0.0,
+                 dataset_size: int = 1, batch_size: int = 1, growth: Growth | None = None, divergence: dict | None = None,
                  steps_per_call: int = 1) -> None:
         super().__init__()
         if not (isinstance(lam, (int, float)) and lam >= 0 and math.isfinite(lam)):
@@ -202,6 +203,10 @@ class NonparametricModule(pl.LightningModule):
 
     # ------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.make_optimizer is None:  # NonparametricModule.load_from_checkpoint(path) alone: for evaluation
+            raise ValueError("this module has no optimizer: to train it, pass one, e.g. "
+                             "NonparametricModule.load_from_checkpoint(path, optimizer=functools.partial("
+                             "npnn.AdaRad, alpha_phi=..., alpha_r=...)); to resume a run, use ckpt_path (README)")
         group = {"params": list(self.net.parameters()), "lam": self.configured_lam,
                  "dataset_size": self.dataset_size, "batch_size": self.batch_size}
         optimizer = self.make_optimizer([group])
@@ -320,6 +325,8 @@ class NonparametricModule(pl.LightningModule):
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.global_step)
             logger.save()  # written now: a run that dies keeps its metrics
+        # and in trainer.callback_metrics, for callbacks that monitor one (EarlyStopping, ModelCheckpoint)
+        self.log_dict(metrics, logger=False)
         self.check_not_diverged(metrics)
         self.val_accuracy.reset(), self.test_accuracy.reset()
         self._val_ce, self._val_n = torch.zeros(()), 0

@@ -42,9 +42,11 @@ __all__ = ["AtomicCheckpointIO", "CheckpointError", "RunDirError", "SettingConfl
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("checkpoints", "logs", "summary.json", "units.csv", "unit_lengths.csv", "data.json")  # what a run writes
+RUN_FILES = ("checkpoints", "logs", "summary.json", "units.csv", "unit_lengths.csv", "data.json", "model.safetensors",
+             "model.json", "tensorboard", "export")  # what a run writes (export/: python -m npnn.export)
 # keys a resume may change without asking: budgets, paths, display
 FREE_KEYS = ("ckpt_path", "data_dir", "overwrite", "resume_existing", "resume_changes", "checkpoint_every_steps", "logger",
+             "callbacks",
              "sweep_failure_value", "trainer.max_epochs",
              "trainer.max_steps", "trainer.max_time", "trainer.enable_progress_bar", "trainer.enable_model_summary")
 # keys no resume may change: the data, its order, the network's structure, the algorithm
@@ -176,7 +178,7 @@ def prepare_run_dir(run_dir: str | Path, ckpt_path: str | None = None, overwrite
     return [run_dir / name for name in found]
 
 
-FINISHED = ("protocol", "budget")  # how a run that ran to its end stopped (summary.json's stopped_by)
+FINISHED = ("protocol", "budget", "early_stopping")  # how a run that ran to its end stopped (summary.json's stopped_by)
 UNFINISHED = ("signal", "time")  # stopped from outside: a relaunch resumes it
 
 

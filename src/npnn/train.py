@@ -21,9 +21,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
-from pytorch_lightning.callbacks import ModelCheckpoint, Timer
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, Timer
 
 from npnn.callbacks import RewindProtocol, RunProgressBar, UnitLogger
 from npnn.data import InMemoryDataModule, Splits
@@ -32,6 +32,7 @@ from npnn.data.tabular import AUTO_KEYS, DataError, auto_lambda, auto_settings
 from npnn.module import Growth, NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS
 from npnn.optim import ParametricOptimizer
+from npnn.trained import save_model
 from npnn.runs import (FINISHED, AtomicCheckpointIO, CheckpointError, ResumeChanges, SettingConflictError, StopOnSignal, check_resume, delete_run,
                        existing_run, is_relaunch, prepare_run_dir, read_checkpoint, run_config, setting_conflicts, write_atomic)
 
@@ -40,6 +41,7 @@ __all__ = ["main", "run", "build", "validate_config", "steps_per_call", "ConfigE
 
 log = logging.getLogger(__name__)
 MODEL_KINDS = ("nonparametric", "parametric")
+MODEL_SUMMARY_KEYS = ("hidden_sizes", "val_error", "test_error", "epochs", "stopped_by", "lambda", "seed")
 
 
 class ConfigError(ValueError):
@@ -149,6 +151,19 @@ def data_record(splits: Splits) -> dict[str, Any] | None:
     return {"name": splits.name, "features": splits.feature_names, "classes": splits.classes,
             "standardize": {"mean": splits.feature_mean, "std": splits.feature_std},
             "rows": dict(zip(("train", "val", "test"), splits.sizes))}
+
+
+def resolved_config(cfg: DictConfig, derived: dict[str, Any]) -> dict[str, Any]:
+    """The run's config with interpolations resolved and ``auto`` values derived, without Hydra's node."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    for key, value in derived.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that needs Hydra's runtime: as written
+        return OmegaConf.to_container(cfg, resolve=False)
 
 
 def _construct(group: str, make: Callable[[], Any]) -> Any:
@@ -290,9 +305,11 @@ def build(cfg: DictConfig, run_dir: str | Path,
     callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, monitor=None,
                                      save_last=False, enable_version_counter=False,
                                      every_n_train_steps=cfg.get("checkpoint_every_steps")))
+    callbacks += user_callbacks(cfg, run_dir)
     # the logger group: one logger (csv), none (none), or several by name (wandb: the CSV files and W&B)
     specs = [] if cfg.logger is None else [cfg.logger] if "_target_" in cfg.logger else list(cfg.logger.values())
     logger = [instantiate(spec, save_dir=str(run_dir)) for spec in specs if spec.get("_target_")] or False
+    # callbacks=: npnn's and the user's (user_callbacks has taken trainer.callbacks in)
     trainer = _construct("trainer", lambda: instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
                                                         default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()]))
     if trainer.max_epochs not in (None, -1) and resumed_epoch > trainer.max_epochs:
@@ -302,6 +319,31 @@ def build(cfg: DictConfig, run_dir: str | Path,
                     cfg.ckpt_path, resumed_epoch, trainer.max_epochs)
         trainer.fit_loop.max_epochs = resumed_epoch
     return trainer, module, datamodule
+
+
+def user_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
+    """The ``callbacks`` group's entries and any ``trainer.callbacks``, to go after npnn's own (never dropped).
+    A monitored ``ModelCheckpoint`` without a ``dirpath`` writes into ``<run dir>/checkpoints``."""
+    specs = [(f"callbacks.{name}", spec) for name, spec in (cfg.get("callbacks") or {}).items() if spec is not None]
+    listed = cfg.trainer.get("callbacks")
+    if listed is not None:
+        if not OmegaConf.is_list(listed):
+            raise ConfigError(f"trainer.callbacks must be a list of callbacks ({{_target_: ...}}), got {listed!r}; "
+                              f"or add them by name to the callbacks group: +callbacks.name={{_target_: ...}}")
+        specs += [(f"trainer.callbacks[{i}]", spec) for i, spec in enumerate(listed)]
+    made = []
+    for where, spec in specs:
+        if not (OmegaConf.is_dict(spec) and spec.get("_target_")):
+            raise ConfigError(f"{where} must be a callback's config with a _target_ (e.g. "
+                              f"{{_target_: pytorch_lightning.callbacks.EarlyStopping, monitor: val/error}}), got "
+                              f"{spec!r}")
+        callback = _construct(where, lambda: instantiate(spec))
+        if not isinstance(callback, pl.Callback):
+            raise ConfigError(f"{where}: {spec._target_} made a {type(callback).__name__}, not a Lightning Callback")
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+            callback.dirpath = str(run_dir / "checkpoints")
+        made.append(callback)
+    return made
 
 
 def final_errors(trainer: pl.Trainer, module: NonparametricModule, datamodule: InMemoryDataModule) -> dict[str, float]:
@@ -374,6 +416,8 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None,
     record = data_record(splits)
     if record is not None:
         write_atomic(run_dir / "data.json", json.dumps(record, indent=1, default=str))
+    for logger in trainer.loggers:  # the whole setting (W&B's run config, hparams.yaml), auto values derived
+        logger.log_hyperparams(resolved_config(cfg, derived))
     stop = next(cb for cb in trainer.callbacks if isinstance(cb, StopOnSignal))
     stop.install()  # before fit: a signal during start-up also ends in a checkpoint after the first step
     start = time.time()
@@ -401,8 +445,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None,
             log.error("run %s: %s", run_dir, err)
     protocol = next((cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol)), None)
     timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)  # trainer.max_time
+    early = any(isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0 for cb in trainer.callbacks)
     stopped_by = failure.stopped_by if failure is not None else \
-        "protocol" if protocol is not None and protocol.done else \
+        "protocol" if protocol is not None and protocol.done else "early_stopping" if early else \
         "time" if timer is not None and timer.time_remaining() <= 0 else "budget"
     summary = {
         "dataset": s.name, "lambda": derived.get("lambda", cfg["lambda"]), "seed": cfg.seed, "model": cfg.model.kind, "norm": cfg.model.norm,
@@ -443,7 +488,18 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None,
         summary["time_complete"] = False  # resumed from a checkpoint that did not record its earlier time
     if failure is not None:  # sizes and errors above are those of the network at the failure, not the best one
         summary["error"] = f"{type(failure).__name__}: {failure}"
+    # the final network for use (npnn.load, python -m npnn.export / predict), before summary.json marks the end
+    save_model(run_dir, module.net, classes=s.classes, feature_names=s.feature_names, mean=s.feature_mean,
+               std=s.feature_std, info={"dataset": s.name, "target": cfg.dataset.get("target"),
+                                        **{k: summary[k] for k in MODEL_SUMMARY_KEYS}, "config": summary["config"],
+                                        "auto_settings": derived})
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    for logger in trainer.loggers:  # the final network in hparams.yaml; W&B: summary.json as the run's summary
+        logger.log_hyperparams({"final": {k: summary[k] for k in MODEL_SUMMARY_KEYS}})
+        logger.save()
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "summary"):
+            experiment.summary.update(json.loads(json.dumps(summary, default=str)))
     image_loggers = [lg for lg in trainer.loggers if hasattr(lg, "log_image")]  # W&B: the run's plot as an image
     if image_loggers and any(run_dir.glob("logs/version_*/metrics.csv")):
         from npnn.plot import plot_run  # noqa: PLC0415
@@ -460,3 +516,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None,
     if failure is not None:
         raise failure
     return summary, module
+
+
+if __name__ == "__main__":  # python -m npnn.train: the app, as python -m npnn
+    from npnn.app import main as app
+
+    app()

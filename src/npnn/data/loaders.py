@@ -62,7 +62,16 @@ def standardize(splits: Splits) -> Splits:
     std = torch.where(std > 0, std, torch.ones_like(std))
     for split in ("train", "val", "test"):
         setattr(splits, f"x_{split}", (getattr(splits, f"x_{split}") - mean) / std)
+    splits.feature_mean, splits.feature_std = _compose(splits, mean.tolist(), std.tolist())
     return splits
+
+
+def _compose(splits: Splits, mean: list[float], std: list[float]) -> tuple[list[float], list[float]]:
+    """The raw features' standardisation after one more ``x -> (x - mean) / std`` (the model file's)."""
+    if splits.feature_mean is None:
+        return mean, std
+    return ([m0 + s0 * m for m0, s0, m in zip(splits.feature_mean, splits.feature_std, mean)],
+            [s0 * s for s0, s in zip(splits.feature_std, std)])
 
 
 def scale_pixels(splits: Splits, mode: str, max_value: float = 255.0) -> Splits:
@@ -72,6 +81,8 @@ def scale_pixels(splits: Splits, mode: str, max_value: float = 255.0) -> Splits:
         raise ValueError(f"dataset.loader.pixels must be one of {PIXEL_MODES}, got {mode!r}")
     for split in ("train", "val", "test"):
         setattr(splits, f"x_{split}", getattr(splits, f"x_{split}") / max_value)
+    splits.feature_mean, splits.feature_std = _compose(splits, [0.0] * splits.num_features,
+                                                       [float(max_value)] * splits.num_features)
     return standardize(splits) if mode == "standardize" else splits
 
 

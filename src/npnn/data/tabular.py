@@ -37,7 +37,7 @@ def read_table(path: str | Path, what: str = "dataset.path"):
     if not path.is_file():
         hint = "" if path.parent.is_dir() else f" (nor its folder {path.parent})"
         raise DataError(f"{what}: no file at {path}{hint}: give the path to your table, absolute or relative "
-                        f"to where you run python train.py")
+                        f"to the directory you run in")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             try:
@@ -95,8 +95,8 @@ def _numeric(x_frame, path: Path, what: str) -> np.ndarray:
             example = series.dropna().astype(str)
             example = next((v for v in example if _not_a_number(v)), example.iloc[0] if len(example) else "")
             raise DataError(f"{what}: feature column {column!r} of {path} is not numeric (e.g. {example!r}): encode it "
-                            f"as numbers first (one-hot columns for categories, e.g. pandas.get_dummies), or leave it "
-                            f"out with dataset.features")
+                            f"as numbers first (one-hot columns for categories, e.g. pandas.get_dummies)"
+                            + (", or leave it out with dataset.features" if what.startswith("dataset") else ""))
     return x_frame.to_numpy(dtype=np.float64)
 
 
