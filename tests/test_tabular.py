@@ -15,7 +15,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from npnn.config import compose
 from npnn.data.tabular import DataError, auto_settings, load_csv, load_tensors
-from npnn.runs import RUN_FILES
+from npnn.runs import holds_run
 from npnn.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,7 +204,7 @@ def test_the_command_line_says_it_in_one_line_and_writes_no_run_files(tmp_path):
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1].startswith("npnn: error: dataset.path ")
     assert "Traceback" not in out.stderr
-    assert not [name for name in RUN_FILES if (tmp_path / "run" / name).exists()]
+    assert not holds_run(tmp_path / "run")
 
 
 # ------------------------------------------------------------- the estimator

@@ -225,7 +225,8 @@ def test_callbacks_from_the_config_run_beside_npnns_own(tmp_path):
                   f"+trainer.callbacks=[{checkpoint}]", *QUIET)
     trainer, module, datamodule = build(cfg, tmp_path)
     names = [type(cb).__name__ for cb in trainer.callbacks]
-    assert "RewindProtocol" in names and "StopOnSignal" in names and names.count("ModelCheckpoint") == 3
+    assert "RewindProtocol" in names and "StopOnSignal" in names and names.count("ModelCheckpoint") == 2
+    assert "LastCheckpoint" in names  # npnn's own checkpoints/last.ckpt, and the two added
     run(cfg, tmp_path / "run")
     best = read_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")  # the monitored one, where last.ckpt is
     assert (tmp_path / "run" / "checkpoints" / "kept.ckpt").is_file() and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

@@ -62,15 +62,18 @@ class RewindProtocol(Callback):
                  max_prune_epochs: float | None = None) -> None:
         if kind not in self.PHASES:
             raise ValueError(f"protocol.kind must be one of {sorted(self.PHASES)}, got {kind!r}")
-        if not (patience > 0 and anneal_patience > 0):
-            raise ValueError(f"protocol.patience and protocol.anneal_patience must be > 0 epochs, "
-                             f"got {patience!r} and {anneal_patience!r}")
-        if not factor > 1:
-            raise ValueError(f"protocol.factor (step-size divisor) must be > 1, got {factor!r}")
-        if max_stalls < 1:
-            raise ValueError(f"protocol.max_stalls must be >= 1, got {max_stalls!r}")
-        if max_prune_epochs is not None and not max_prune_epochs > 0:
-            raise ValueError(f"protocol.max_prune_epochs must be > 0 or null (no limit), got {max_prune_epochs!r}")
+        for key, value in (("patience", patience), ("anneal_patience", anneal_patience)):
+            if not (_number(value) and 0 < value < math.inf):
+                raise ValueError(f"protocol.{key} must be a finite number of epochs > 0, got {value!r}")
+        if not (_number(factor) and 1 < factor < math.inf):
+            raise ValueError(f"protocol.factor (step-size divisor) must be a finite number > 1, got {factor!r}")
+        if not (isinstance(max_stalls, int) and not isinstance(max_stalls, bool) and max_stalls >= 1):
+            raise ValueError(f"protocol.max_stalls must be an integer >= 1, got {max_stalls!r}")
+        if not (_number(min_step_size) and 0 <= min_step_size < math.inf):
+            raise ValueError(f"protocol.min_step_size must be a finite number >= 0 (0: no limit), got {min_step_size!r}")
+        if max_prune_epochs is not None and not (_number(max_prune_epochs) and 0 < max_prune_epochs < math.inf):
+            raise ValueError(f"protocol.max_prune_epochs must be a finite number > 0 or null (no limit), "
+                             f"got {max_prune_epochs!r}")
         self.max_prune_epochs = None if max_prune_epochs is None else float(max_prune_epochs)
         self.kind, self.patience, self.anneal_patience = kind, float(patience), float(anneal_patience)
         self.factor, self.max_stalls, self.min_step_size = float(factor), int(max_stalls), float(min_step_size)
@@ -190,6 +193,9 @@ class UnitLogger(Callback):
     """
 
     def __init__(self, directory: str | Path, lengths_every: int = 1) -> None:
+        if not (isinstance(lengths_every, int) and not isinstance(lengths_every, bool) and lengths_every >= 0):
+            raise ValueError(f"unit_lengths_every must be an integer >= 0 (validations; 0: never), "
+                             f"got {lengths_every!r}")
         self.directory = Path(directory)
         self.lengths_every = int(lengths_every)
         self._validations = 0
@@ -257,3 +263,7 @@ class RunProgressBar(TQDMProgressBar):
         if trainer.strategy.optimizers:
             shown["step size"] = f"{module.step_size:.3g}"
         return shown
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -60,8 +60,58 @@ def _build(verbose: bool) -> None:
 
     # -fopenmp-simd: vectorise the row reductions (no OpenMP runtime); no -march=native, so a build
     # cache shared by the nodes of a cluster runs on all of them
-    build(name="npnn_fused", sources=[str(_SOURCE)], extra_cflags=["-O3", "-fopenmp-simd"],
-          is_python_module=False, verbose=verbose)
+    with _build_lock():
+        build(name="npnn_fused", sources=[str(_SOURCE)], extra_cflags=["-O3", "-fopenmp-simd"],
+              is_python_module=False, verbose=verbose)
+
+
+def wait_limit() -> float:
+    """Seconds to wait for another process's build of the kernels (``NPNN_FUSED_WAIT``, default 600)."""
+    try:
+        return float(os.environ.get("NPNN_FUSED_WAIT", "600"))
+    except ValueError:
+        return 600.0
+
+
+@contextmanager
+def _build_lock():
+    """An ``flock`` on the build directory's ``npnn.flock`` around the build: the OS releases it when its
+    holder dies, unlike torch's own ``lock`` file, which a killed build leaves behind and every later build
+    then waits on for ever. Holding it, that file can only be stale: it is removed. The wait for another
+    build is bounded (``NPNN_FUSED_WAIT``); past it, :func:`load` falls back to the eager path."""
+    import time  # noqa: PLC0415
+
+    from torch.utils.cpp_extension import _get_build_directory  # noqa: PLC0415
+
+    try:
+        import fcntl  # noqa: PLC0415
+    except ImportError:  # not POSIX: torch's own lock alone
+        yield
+        return
+    folder = Path(_get_build_directory("npnn_fused", False))
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "npnn.flock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline, said = time.monotonic() + wait_limit(), False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another process has been building the kernels in {folder} for over "
+                                       f"{wait_limit():.0f} s (NPNN_FUSED_WAIT)") from None
+                if not said:
+                    log.info("npnn: waiting for another process's build of the fused kernels in %s", folder)
+                    said = True
+                time.sleep(0.5)
+        stale = folder / "lock"
+        if stale.exists():  # torch's baton, left by a build that was killed: no live build holds it now
+            log.warning("npnn: removing %s, left by a kernel build that did not finish", stale)
+            stale.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def load() -> bool:

@@ -15,9 +15,9 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from npnn.data import load_recorded
 from npnn.data.poker import GENERATOR_SEED, HAND_NAMES, deal, hand_class
 from npnn.nn import NonparametricMLP
 from npnn.runs import read_checkpoint
@@ -55,7 +55,7 @@ def mistakes(run_dir: str | Path) -> dict:
     if not str(loader.get("_target_", "")).endswith("load_poker") or loader.get("source") != "generated":
         raise ValueError(f"{run_dir}: npnn.mistakes counts poker hands, and this run is not on the generated "
                          f"poker data (dataset=poker, dataset.source=generated)")
-    splits = instantiate(loader)
+    splits = load_recorded(OmegaConf.to_container(loader, resolve=True), f"{run_dir}'s dataset.loader")
     n_train, n_val, n_test = (int(s) for s in loader.split)
     hands = deal(n_train + n_val + n_test, torch.Generator().manual_seed(GENERATOR_SEED))[n_train + n_val:]
     kinds = hand_kinds(hands)

@@ -66,13 +66,17 @@ class Growth:
 
     def __init__(self, rate: float = 1.0, every: float = 1.0, until: float | None = None, seed: int = 0,
                  enabled: bool = True) -> None:
-        if not (isinstance(rate, (int, float)) and rate >= 0 and math.isfinite(rate)):
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        if not (number(rate) and rate >= 0):
             raise ValueError(f"model.growth.rate must be a finite number >= 0, got {rate!r}")
-        if not (isinstance(every, (int, float)) and every > 0):
-            raise ValueError(f"model.growth.every (epochs between additions) must be a number > 0, got {every!r}")
-        if until is not None and not until >= 0:
-            raise ValueError(f"model.growth.until (epoch after which no units are added) must be >= 0 or null, "
-                             f"got {until!r}")
+        if not (number(every) and every > 0):
+            raise ValueError(f"model.growth.every (epochs between additions) must be a finite number > 0, "
+                             f"got {every!r}")
+        if until is not None and not (number(until) and until >= 0):
+            raise ValueError(f"model.growth.until (epoch after which no units are added) must be a finite number "
+                             f">= 0 or null, got {until!r}")
         self.rate, self.every, self.enabled = float(rate), float(every), bool(enabled)
         self.until = None if until is None else float(until)
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -145,7 +149,7 @@ class NonparametricModule(pl.LightningModule):
                  dataset_size: int = 1, batch_size: int = 1, growth: Growth | None = None, divergence: dict | None = None,
                  steps_per_call: int = 1) -> None:
         super().__init__()
-        if not (isinstance(lam, (int, float)) and lam >= 0 and math.isfinite(lam)):
+        if not (isinstance(lam, (int, float)) and not isinstance(lam, bool) and lam >= 0 and math.isfinite(lam)):
             raise ValueError(f"lambda must be a finite number >= 0, got {lam!r}")
         unknown = set(divergence or {}) - set(self.DIVERGENCE_DEFAULTS)
         if unknown:
@@ -183,6 +187,14 @@ class NonparametricModule(pl.LightningModule):
         # compute spent by earlier fits of this run (from the checkpoint; None: one predates this record)
         self.earlier_time: dict[str, float] | None = {"wall_s": 0.0, "cpu_s": 0.0}
         self._fit_start: tuple[float, float] | None = None
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             weights_only: bool = True, **kwargs):
+        """Lightning's, reading tensors and plain data only (``weights_only=True``, whatever torch's default):
+        a checkpoint's pickle never runs code. ``optimizer=`` (a ``functools.partial``) makes it trainable."""
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, weights_only=weights_only, **kwargs)
 
     # ------------------------------------------------------------- compute
     def on_fit_start(self) -> None:
@@ -252,10 +264,7 @@ class NonparametricModule(pl.LightningModule):
         opt = self.optimizers()
         loss = F.cross_entropy(self.net(x), y, reduction="sum") / self.dataset_size  # line 8
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the training loss is {loss.item()} at step {self.step_count}: training cannot go on. The last "
-                f"checkpoint before it is intact; resume from it with a smaller step size "
-                f"(optimizer.{self.step_size_key})")
+            raise NonFiniteLossError(self._non_finite_message(loss.item()))
         opt.zero_grad(set_to_none=True)
         # a plain backward, not self.manual_backward: one precision plugin, no gradient scaling, and Lightning's
         # on_before / on_after_backward hooks of every callback cost 2-3% of a poker epoch (README, Benchmarks)
@@ -277,6 +286,19 @@ class NonparametricModule(pl.LightningModule):
             self._train_ce = self._train_ce.to(loss.device)
         self._train_ce.add_(loss.detach())  # batch sums / |D|; times |D| when logged
         self._train_n += len(y)
+
+    def _non_finite_message(self, loss: float) -> str:
+        saved = bool(getattr(self.trainer.checkpoint_callback, "best_model_path", "")) if self._trainer else False
+        group = self.optimizer.param_groups[0] if self._trainer else {}
+        alpha_r = group.get("alpha_r")
+        hint = (f" AdaRad's radial step alpha_r = alpha_r_lambda / lambda = {alpha_r:.3g} (lambda = {group['lam']:.3g})"
+                f" is far too large: raise lambda or lower dataset.alpha_r_lambda."
+                if isinstance(alpha_r, (int, float)) and alpha_r > 1e6 else "")
+        fix = (f"The last checkpoint before it is intact; resume from it with a smaller step size "
+               f"(optimizer.{self.step_size_key})" if saved else
+               f"No checkpoint was written before it: start again with a smaller step size "
+               f"(optimizer.{self.step_size_key})")
+        return f"the training loss is {loss} at step {self.step_count}: training cannot go on.{hint} {fix}"
 
     # ------------------------------------------------------------- validation
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:

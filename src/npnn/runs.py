@@ -21,7 +21,7 @@ import io
 import json
 import logging
 import os
-import shutil
+import pickle
 import signal
 from pathlib import Path
 from typing import Any
@@ -30,20 +30,24 @@ import pytorch_lightning as pl
 import torch
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.trainer.states import TrainerFn
 
 from npnn.module import TrainingError
 
-__all__ = ["AtomicCheckpointIO", "CheckpointError", "RunDirError", "SettingConflictError", "RunInterrupted", "StopOnSignal",
+__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "CheckpointError", "RunDirError", "SettingConflictError", "RunInterrupted", "StopOnSignal",
            "ResumeChanges", "RunDirGuard", "write_atomic", "read_checkpoint", "prepare_run_dir", "delete_run", "holds_run",
-           "existing_run", "setting_conflicts", "FINISHED", "UNFINISHED",
+           "existing_run", "setting_conflicts", "FINISHED", "UNFINISHED", "lock_run_dir", "unlock_run_dir",
            "config_changes", "check_resume", "FREE_KEYS", "FIXED_KEYS"]
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("checkpoints", "logs", "summary.json", "units.csv", "unit_lengths.csv", "data.json", "model.safetensors",
-             "model.json", "tensorboard", "export")  # what a run writes (export/: python -m npnn.export)
+# what a run writes (glob patterns in its directory): all that holds_run counts and overwrite=true deletes
+RUN_FILES = ("summary.json", "units.csv", "unit_lengths.csv", "data.json", "model.safetensors", "model.json",
+             "checkpoints/*.ckpt", "checkpoints/*.ckpt.tmp", "logs/version_*/metrics.csv",
+             "logs/version_*/hparams.yaml", "tensorboard/version_*/events.out.tfevents.*",
+             "tensorboard/version_*/hparams.yaml", "export/model.*", "plots/run.png", "plots/run.pdf")
 # keys a resume may change without asking: budgets, paths, display
 FREE_KEYS = ("ckpt_path", "data_dir", "overwrite", "resume_existing", "resume_changes", "checkpoint_every_steps", "logger",
              "callbacks",
@@ -122,8 +126,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={str(path)!r}: no such file. Point ckpt_path at a run's "
                               f"checkpoints/last.ckpt, or leave it null to start afresh")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors and plain data only: an untrusted file's pickle can never run code here
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path} holds objects other than tensors and plain data, which npnn never writes "
+                              f"({str(err).splitlines()[0][:200]}): it is not an npnn checkpoint, and loading it "
+                              f"could run code, so it is refused. Resume from the run's own checkpoints/last.ckpt, "
+                              f"or start afresh") from None
     except Exception as err:  # truncated (EOFError, RuntimeError from the zip reader), empty, not a checkpoint
         raise CheckpointError(f"cannot read the checkpoint {path} ({path.stat().st_size} bytes): "
                               f"{type(err).__name__}: {err}. It is truncated or not a checkpoint; resume from "
@@ -154,10 +163,42 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 # --------------------------------------------------------------- run dirs
 def holds_run(run_dir: str | Path) -> list[str]:
-    """The run files (``RUN_FILES``) that ``run_dir`` holds."""
+    """The run files (``RUN_FILES``) that ``run_dir`` holds, as paths relative to it."""
     run_dir = Path(run_dir)
-    return [name for name in RUN_FILES if (run_dir / name).exists()
-            and (not (run_dir / name).is_dir() or any((run_dir / name).iterdir()))]
+    if not run_dir.is_dir():
+        return []
+    return sorted({str(p.relative_to(run_dir)) for pattern in RUN_FILES for p in run_dir.glob(pattern) if p.is_file()})
+
+
+_LOCKS: dict[Path, int] = {}  # run directories this process holds: path -> the directory's open descriptor
+
+
+def lock_run_dir(run_dir: str | Path) -> bool:
+    """Hold an exclusive ``flock`` on the (existing) run directory until :func:`unlock_run_dir` or the process
+    ends, so that a second run there is refused before it writes anything. Returns whether this call took
+    it (False: this process holds it already)."""
+    path = Path(run_dir).resolve()
+    if path in _LOCKS:
+        return False
+    try:
+        import fcntl  # noqa: PLC0415
+    except ImportError:  # not POSIX: no lock
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunDirError(f"{run_dir} is in use by another run, still going (it holds the directory's lock): "
+                          f"wait for it to end, or give this run another directory (hydra.run.dir=...)") from None
+    _LOCKS[path] = fd
+    return True
+
+
+def unlock_run_dir(run_dir: str | Path) -> None:
+    fd = _LOCKS.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # releases the flock
 
 
 def _resumes(run_dir: Path, ckpt_path: str | None) -> bool:
@@ -172,8 +213,9 @@ def prepare_run_dir(run_dir: str | Path, ckpt_path: str | None = None, overwrite
     if not found or _resumes(run_dir, ckpt_path):
         return []
     if not overwrite:
+        names = sorted({name.split("/")[0] for name in found})
         raise RunDirError(
-            f"{run_dir} already holds a run ({', '.join(found)}). Resume it with ckpt_path={run_dir}/checkpoints/"
+            f"{run_dir} already holds a run ({', '.join(names)}). Resume it with ckpt_path={run_dir}/checkpoints/"
             f"last.ckpt, choose another directory (hydra.run.dir=...), or replace it with overwrite=true")
     return [run_dir / name for name in found]
 
@@ -195,7 +237,13 @@ def existing_run(run_dir: str | Path) -> dict | Path | None:
     run_dir = Path(run_dir)
     summary = run_dir / "summary.json"
     if summary.is_file():
-        found = json.loads(summary.read_text())
+        try:
+            found = json.loads(summary.read_text())
+            found.get("stopped_by")
+        except (ValueError, AttributeError) as err:
+            raise RunDirError(f"{summary} is damaged ({type(err).__name__}: {err}), so it cannot say whether the run "
+                              f"ended: delete it (a relaunch then resumes checkpoints/last.ckpt, or starts afresh), "
+                              f"or replace the run with overwrite=true") from None
         if found.get("stopped_by") not in UNFINISHED:
             return found
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -219,12 +267,22 @@ def setting_conflicts(run_dir: str | Path, cfg: DictConfig, summary: dict | None
     return {k: v for k, v in setting_changes(stored, cfg).items() if "<absent>" not in v and not _under(k, allowed)}
 
 
-def delete_run(paths: list[Path]) -> None:
-    if paths:
-        log.warning("overwrite=true: deleting the earlier run's %s in %s", ", ".join(p.name for p in paths),
-                    paths[0].parent)
+def delete_run(paths: list[Path], run_dir: str | Path) -> None:
+    """Delete an earlier run's files (:func:`prepare_run_dir`) in ``run_dir``, and the folders they leave empty;
+    any other file there stays."""
+    if not paths:
+        return
+    run_dir = Path(run_dir)
+    log.warning("overwrite=true: deleting the earlier run's %d files in %s", len(paths), run_dir)
     for target in paths:
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        target.unlink(missing_ok=True)
+    for folder in sorted({p.parent for p in paths}, key=lambda f: len(f.parts), reverse=True):
+        while folder != run_dir and run_dir in folder.parents:
+            try:
+                folder.rmdir()  # only if empty
+            except OSError:
+                break
+            folder = folder.parent
 
 
 class RunDirGuard(HydraCallback):
@@ -232,7 +290,15 @@ class RunDirGuard(HydraCallback):
     Hydra writes its ``.hydra`` files into it, so a refused run leaves the earlier one untouched."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(Path(config.hydra.run.dir), config)
+        run_dir = Path(config.hydra.run.dir)
+        try:  # held through the run (npnn.train.run releases it): a second run here stops now, writing nothing
+            run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it next, for its .hydra files
+            lock_run_dir(run_dir)
+        except RunDirError as err:
+            raise SystemExit(f"npnn: error: {err}") from None
+        except OSError as err:
+            raise SystemExit(_unwritable(run_dir, err, "hydra.run.dir")) from None
+        self._check(run_dir, config)
         if config.get("ckpt_path") is not None:  # a refused resume must not rewrite the run's .hydra files
             try:
                 check_resume(read_checkpoint(config.ckpt_path), config, config.ckpt_path, quiet=True)
@@ -241,6 +307,10 @@ class RunDirGuard(HydraCallback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
+        try:
+            sweep.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SystemExit(_unwritable(sweep, err, "hydra.sweep.dir")) from None
         if config.get("ckpt_path") is None and sweep.is_dir():
             for job_dir in sorted(p for p in sweep.iterdir() if p.is_dir()):
                 self._check(job_dir, config)
@@ -253,6 +323,11 @@ class RunDirGuard(HydraCallback):
             prepare_run_dir(run_dir, config.get("ckpt_path"))
         except RunDirError as err:
             raise SystemExit(f"npnn: error: {err}") from None
+
+
+def _unwritable(folder: Path, err: OSError, key: str) -> str:
+    return (f"npnn: error: cannot write the run directory {folder} ({err.strerror or err}): give {key} a folder "
+            f"you can write to")
 
 
 # ----------------------------------------------------------------- resume
@@ -441,6 +516,34 @@ class StopOnSignal(pl.Callback):
             chained(self.received, None)  # submitit requeues the job and exits
         raise RunInterrupted(f"{name} received: stopped after step {module.step_count} and wrote "
                              f"{self.checkpoint_path}; resume with ckpt_path={self.checkpoint_path}", self.received)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``checkpoints/last.ckpt``, written at every validation or every ``every_n_train_steps`` steps (the top-1
+    file of an unmonitored ``ModelCheckpoint``, which is the latest).
+
+    A periodic save on a step that a validation follows waits for that validation: Lightning resumes a
+    checkpoint written between a step and its validation as if the validation had run, and would skip it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._after_validation = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every = self._every_n_train_steps
+        if every >= 1 and trainer.global_step % every == 0 and _validates_after_this_batch(trainer):
+            self._after_validation = True
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self._after_validation and not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
+            self._after_validation = False
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
 
 
 def _validates_after_this_batch(trainer) -> bool:

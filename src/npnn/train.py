@@ -11,7 +11,9 @@ import copy
 import json
 import logging
 import math
+import os
 import platform
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,8 +25,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
+from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, Timer
+from pytorch_lightning.plugins.environments import LightningEnvironment, SLURMEnvironment
 
+from npnn import fused as npnn_fused
 from npnn.callbacks import RewindProtocol, RunProgressBar, UnitLogger
 from npnn.data import InMemoryDataModule, Splits
 from npnn.data.download import DataUnavailableError
@@ -33,7 +38,8 @@ from npnn.module import Growth, NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS
 from npnn.optim import ParametricOptimizer
 from npnn.trained import save_model
-from npnn.runs import (FINISHED, AtomicCheckpointIO, CheckpointError, ResumeChanges, SettingConflictError, StopOnSignal, check_resume, delete_run,
+from npnn.runs import (FINISHED, AtomicCheckpointIO, CheckpointError, LastCheckpoint, ResumeChanges, RunInterrupted,
+                       lock_run_dir, unlock_run_dir, SettingConflictError, StopOnSignal, check_resume, delete_run,
                        existing_run, is_relaunch, prepare_run_dir, read_checkpoint, run_config, setting_conflicts, write_atomic)
 
 __all__ = ["main", "run", "build", "validate_config", "steps_per_call", "ConfigError", "final_errors", "load_data",
@@ -41,6 +47,10 @@ __all__ = ["main", "run", "build", "validate_config", "steps_per_call", "ConfigE
 
 log = logging.getLogger(__name__)
 MODEL_KINDS = ("nonparametric", "parametric")
+KNOWN_KEYS = {"seed", "lambda", "ckpt_path", "resume_changes", "overwrite", "resume_existing", "sweep_failure_value",
+              "data_dir", "checkpoint_every_steps", "steps_per_call", "unit_lengths_every", "divergence", "dataset",
+              "model", "optimizer", "protocol", "logger", "callbacks", "trainer", "hydra",
+              "random_search"}  # conf/config.yaml's, and hparams_search=p_random's node
 MODEL_SUMMARY_KEYS = ("hidden_sizes", "val_error", "test_error", "epochs", "stopped_by", "lambda", "seed")
 
 
@@ -52,8 +62,24 @@ def validate_config(cfg: DictConfig) -> None:
     """Checks that involve several keys, before any work. Each part of the run checks its own
     arguments when :func:`build` constructs it (:class:`ConfigError` naming its group)."""
     # the run's own keys, which main reads
-    if not isinstance(cfg.get("seed"), int):
-        raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r}")
+    unknown = sorted(set(cfg) - KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}: npnn reads none such (a typo, or a +key= that is not "
+                          f"one of {', '.join(sorted(KNOWN_KEYS - {'hydra'}))})")
+    seed = cfg.get("seed")
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32):
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    lam = cfg.get("lambda")
+    if lam != "auto" and not (isinstance(lam, (int, float)) and not isinstance(lam, bool) and 0 <= lam < math.inf):
+        raise ConfigError(f"lambda must be a finite number >= 0 (or auto: 1 / |D|, your own data), got {lam!r}")
+    lengths_every = cfg.get("unit_lengths_every", 1)
+    if not (isinstance(lengths_every, int) and not isinstance(lengths_every, bool) and lengths_every >= 0):
+        raise ConfigError(f"unit_lengths_every must be an integer >= 0 (validations between rows of "
+                          f"unit_lengths.csv; 0: never), got {lengths_every!r}")
+    max_time = cfg.trainer.get("max_time")
+    if max_time is not None and not _positive_duration(max_time):
+        raise ConfigError(f"trainer.max_time must be null (no limit) or a positive duration \"DD:HH:MM:SS\", e.g. "
+                          f"00:12:00:00 for 12 hours, got {max_time!r}")
     for key in ("overwrite", "resume_existing"):
         if not isinstance(cfg.get(key, False), bool):
             raise ConfigError(f"{key} must be true or false, got {cfg.get(key)!r}")
@@ -100,6 +126,17 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(str(err.__cause__ or err)) from None
 
 
+def _positive_duration(value: Any) -> bool:
+    """``DD:HH:MM:SS`` (Lightning's ``max_time``) of more than zero seconds."""
+    parts = str(value).split(":")
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        return False
+    return len(parts) == 4 and all(0 <= n < math.inf for n in numbers) and \
+        sum(n * f for n, f in zip(numbers, (86400, 3600, 60, 1))) > 0
+
+
 def load_data(cfg: DictConfig) -> Splits:
     """The run's :class:`Splits` (``dataset.loader``); a problem with the data is one :class:`DataError` line."""
     try:
@@ -108,7 +145,7 @@ def load_data(cfg: DictConfig) -> Splits:
         cause = err.__cause__
         if isinstance(cause, (DataError, DataUnavailableError)):
             raise cause from None  # the loader's own message names the file and the fix
-        if isinstance(cause, TypeError) and "argument" in str(cause):  # an argument the loader does not take
+        if isinstance(cause, (TypeError, ValueError)):  # an argument the loader does not take, or a bad value
             raise ConfigError(f"dataset.loader: {cause}") from None
         raise
     if not isinstance(splits, Splits):
@@ -184,9 +221,11 @@ def steps_per_call(cfg: DictConfig, steps_per_epoch: int, resumed: int | None = 
     ``auto`` takes the largest such value up to 8 (poker: 8, mnist: 5), or a resume's own (``resumed``)."""
     every = cfg.trainer.get("val_check_interval", 1.0)  # what Lightning uses (default: dataset.val_every)
     every = 1.0 if every is None else every
-    if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0 or \
+            (isinstance(every, float) and not every <= 1):
         raise ConfigError(f"trainer.val_check_interval (default: dataset.val_every) must be a fraction of an epoch "
-                          f"or a number of calls, > 0 (time-based intervals are not supported), got {every!r}")
+                          f"in (0, 1] or a whole number of calls >= 1 (time-based intervals are not supported), got "
+                          f"{every!r}")
     limit = cfg.trainer.get("limit_train_batches")
 
     def steps_between_validations(k: int) -> tuple[int, int]:
@@ -295,23 +334,23 @@ def build(cfg: DictConfig, run_dir: str | Path,
         dataset_size=splits.sizes[0], batch_size=cfg.dataset.batch_size, growth=growth,
         divergence=divergence_limits(cfg), steps_per_call=k))
     _construct("optimizer", module.configure_optimizers)  # its checks now, not once training has begun
-    callbacks.append(UnitLogger(run_dir, lengths_every=cfg.get("unit_lengths_every", 1)))
+    callbacks.append(_construct("config", lambda: UnitLogger(run_dir, lengths_every=cfg.get("unit_lengths_every", 1))))
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RunProgressBar())  # sizes, VCE, phase and step size on the bar
     callbacks.append(ResumeChanges(written, stored, changes, derived))
     callbacks.append(StopOnSignal(run_dir / "checkpoints" / "last.ckpt"))
-    # checkpoints/last.ckpt, overwritten at every validation (or every checkpoint_every_steps steps): the
-    # "top-1" file of an unmonitored ModelCheckpoint, which is the latest (save_last alone saves nothing)
-    callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, monitor=None,
-                                     save_last=False, enable_version_counter=False,
-                                     every_n_train_steps=cfg.get("checkpoint_every_steps")))
+    # checkpoints/last.ckpt, overwritten at every validation (or every checkpoint_every_steps steps)
+    callbacks.append(LastCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, monitor=None,
+                                    save_last=False, enable_version_counter=False,
+                                    every_n_train_steps=cfg.get("checkpoint_every_steps")))
     callbacks += user_callbacks(cfg, run_dir)
     # the logger group: one logger (csv), none (none), or several by name (wandb: the CSV files and W&B)
     specs = [] if cfg.logger is None else [cfg.logger] if "_target_" in cfg.logger else list(cfg.logger.values())
     logger = [instantiate(spec, save_dir=str(run_dir)) for spec in specs if spec.get("_target_")] or False
     # callbacks=: npnn's and the user's (user_callbacks has taken trainer.callbacks in)
     trainer = _construct("trainer", lambda: instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
-                                                        default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()]))
+                                                        default_root_dir=str(run_dir),
+                                                        plugins=[AtomicCheckpointIO(), cluster_environment()]))
     if trainer.max_epochs not in (None, -1) and resumed_epoch > trainer.max_epochs:
         # a budget lowered below the checkpoint's epoch (Lightning would refuse it): the run ends at its
         # checkpoint, stopped by its budget (its epochs are the checkpoint's, more than the budget)
@@ -344,6 +383,16 @@ def user_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
             callback.dirpath = str(run_dir / "checkpoints")
         made.append(callback)
     return made
+
+
+def cluster_environment() -> LightningEnvironment | SLURMEnvironment:
+    """Lightning's cluster environment, given rather than detected: npnn (:class:`~npnn.runs.StopOnSignal`) and
+    submitit own the signals and the requeue. In a SLURM job, Lightning's SLURM environment without its own
+    SIGUSR1 requeue handler; elsewhere the plain one (no "srun is available but not used" warning on a
+    cluster's login node)."""
+    if "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        return SLURMEnvironment(auto_requeue=False)
+    return LightningEnvironment()
 
 
 def final_errors(trainer: pl.Trainer, module: NonparametricModule, datamodule: InMemoryDataModule) -> dict[str, float]:
@@ -403,12 +452,23 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None,
             cfg = copy.deepcopy(cfg)
             OmegaConf.update(cfg, "ckpt_path", str(found))
         overwrite = True  # nothing to resume: what the earlier attempt left is replaced
-    earlier = prepare_run_dir(run_dir, cfg.get("ckpt_path"), overwrite=overwrite)
+    prepare_run_dir(run_dir, cfg.get("ckpt_path"), overwrite=overwrite)
     splits = load_data(cfg) if splits is None else splits  # bad data: one line, before anything is written
     resolve_auto(cfg, splits)
     run_dir.mkdir(parents=True, exist_ok=True)
+    locked = lock_run_dir(run_dir)  # a second run here is refused (the Hydra app's guard may hold it already)
+    try:
+        return _run_locked(cfg, run_dir, splits, overwrite, launched_by_hydra)
+    finally:
+        if locked or launched_by_hydra:
+            unlock_run_dir(run_dir)
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path, splits: Splits, overwrite: bool,
+                launched_by_hydra: bool) -> tuple[dict[str, Any], NonparametricModule | None]:
+    earlier = prepare_run_dir(run_dir, cfg.get("ckpt_path"), overwrite=overwrite)  # again, under the lock
     trainer, module, datamodule = build(cfg, run_dir, splits=splits)
-    delete_run(earlier)  # overwrite=true: only once the new run has passed every check
+    delete_run(earlier, run_dir)  # overwrite=true: only once the new run has passed every check
     derived = datamodule.auto_settings
     if derived:
         log.info("auto settings from the %d training rows: %s", splits.sizes[0],
@@ -418,8 +478,26 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None,
         write_atomic(run_dir / "data.json", json.dumps(record, indent=1, default=str))
     for logger in trainer.loggers:  # the whole setting (W&B's run config, hparams.yaml), auto values derived
         logger.log_hyperparams(resolved_config(cfg, derived))
+    if isinstance(trainer.accelerator, CPUAccelerator):  # the kernels' first build, while a signal still stops it
+        npnn_fused.load()
     stop = next(cb for cb in trainer.callbacks if isinstance(cb, StopOnSignal))
-    stop.install()  # before fit: a signal during start-up also ends in a checkpoint after the first step
+    # from before fit (a signal during start-up also ends in a checkpoint after the first step) to the end: one
+    # after training ends waits for summary.json, then stops the process all the same (RunInterrupted)
+    stop.install()
+    try:
+        summary = _fit_and_record(cfg, run_dir, trainer, module, datamodule, derived, launched_by_hydra)
+    finally:
+        stop.restore()
+    if stop.received is not None:  # training had ended: its record is written, and the process still stops
+        raise RunInterrupted(f"{signal.Signals(stop.received).name} received after training ended; summary.json "
+                             f"and the model are written ({run_dir})", stop.received)
+    return summary, module
+
+
+def _fit_and_record(cfg: DictConfig, run_dir: Path, trainer: pl.Trainer, module: NonparametricModule,
+                    datamodule: InMemoryDataModule, derived: dict[str, Any], launched_by_hydra: bool) -> dict[str, Any]:
+    """Train, evaluate the final network, write the model files and ``summary.json``; a run that failed raises
+    once its record is written."""
     start = time.time()
     failure: TrainingError | None = None
     try:
@@ -430,8 +508,6 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None,
     except Exception as err:  # said now and in the run's log, not only at the end of a sweep
         log.error("run %s failed: %s: %s", run_dir, type(err).__name__, err)
         raise
-    finally:
-        stop.restore()
     wall = time.time() - start
     used = module.time_used()  # training and evaluation over every fit, before the final evaluation below
     s = datamodule.splits
@@ -515,7 +591,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None,
              100 * summary["val_error"], 100 * summary["test_error"], summary["epochs"], wall, run_dir)
     if failure is not None:
         raise failure
-    return summary, module
+    return summary
 
 
 if __name__ == "__main__":  # python -m npnn.train: the app, as python -m npnn

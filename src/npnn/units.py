@@ -84,18 +84,19 @@ def layer_lengths(run_dir: str | Path, n: int = 10_000) -> list[dict]:
     """Per layer of the run's ``checkpoints/last.ckpt``: quartiles of fan-in length and of pre-activation
     sigma over the first ``n`` training examples (the run's data, from its ``.hydra/config.yaml``)."""
     import torch
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from npnn.data import load_recorded
     from npnn.nn import CapNorm, NonparametricMLP
+    from npnn.runs import read_checkpoint
 
     run_dir = Path(run_dir)
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     net = NonparametricMLP(**checkpoint["model_config"])
     net.load_state_dict({k[len("net."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")},
                         resize=True)
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    x = instantiate(cfg.dataset.loader).x_train[:n]
+    x = load_recorded(OmegaConf.to_container(cfg.dataset.loader, resolve=True)).x_train[:n]
     rows = []
     with torch.no_grad():
         h = x

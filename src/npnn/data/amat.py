@@ -64,7 +64,7 @@ def load_amat(name: str, data_dir: str | Path = "data", seed: int = 0, pixels: s
     cached = None
     if cache.exists():
         try:
-            cached = torch.load(cache)
+            cached = torch.load(cache, weights_only=True)
         except Exception as err:  # a derived file: rebuilt from the verified archive
             log.warning("%s cannot be read (%s: %s); parsing %s again", cache, type(err).__name__, err, archive)
     if cached is not None:

@@ -180,6 +180,15 @@ class InMemoryDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> PermutationBatches:
         return self.train_batches
 
+    def state_dict(self) -> dict:
+        """The data order, in every checkpoint: Lightning restores the loader's own state only mid-epoch, and
+        a checkpoint written at an epoch's end would otherwise start the next epoch from the seed's order."""
+        return {"train_batches": self.train_batches.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "train_batches" in state:
+            self.train_batches.load_state_dict(state["train_batches"])
+
     def val_dataloader(self) -> list[SequentialBatches]:
         s = self.splits
         return [SequentialBatches(s.x_val, s.y_val, self.eval_batch_size),

@@ -7,6 +7,7 @@ poker hand; the paper's binary target is "class != 0" (the hand is not "nothing"
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -90,12 +91,20 @@ def openml_poker(data_dir: str | Path, api_url: str = OPENML_API) -> tuple[Tenso
 
         try:
             with urllib.request.urlopen(f"{api_url}{OPENML_ID}", timeout=60) as r:
-                meta_path.write_bytes(r.read())
+                content = r.read()
         except OSError as err:
             raise FileNotFoundError(
                 f"OpenML metadata {api_url}{OPENML_ID} is not reachable ({err}); put it at {meta_path}, or use "
                 f"dataset.source=generated (the exact generative process, offline)") from err
-    desc = json.loads(meta_path.read_text())["data_set_description"]
+        partial = meta_path.with_name(meta_path.name + ".part")  # whole, or not there
+        partial.write_bytes(content)
+        os.replace(partial, meta_path)
+    try:
+        desc = json.loads(meta_path.read_text())["data_set_description"]
+        desc["url"], desc["md5_checksum"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{meta_path} is not OpenML's metadata of data set {OPENML_ID} ({type(err).__name__}: "
+                         f"{err}): it is damaged or truncated; delete it to fetch it again") from None
     arff = fetch([desc["url"]], folder / f"openml-{OPENML_ID}.arff", "md5", desc["md5_checksum"])
     attributes, rows = read_arff(arff.read_text())
     target = desc.get("default_target_attribute") or attributes[-1][0]
