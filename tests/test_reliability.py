@@ -332,3 +332,10 @@ def test_in_a_slurm_job_lightning_installs_no_requeue_handler_of_its_own(tmp_pat
     assert isinstance(environment, SLURMEnvironment) and not environment.auto_requeue
     assert seen["usr1"] in (signal.SIG_DFL, None)  # submitit's (or none): not Lightning's
     assert not [w for w in caught if "srun" in str(w.message)]
+
+
+@pytest.mark.parametrize("max_time", ["00:01:00:00", "{hours: 1}", "{minutes: 30, seconds: 5}"])
+def test_every_form_of_max_time_that_lightning_takes_is_accepted(max_time):
+    from npnn.train import validate_config
+
+    validate_config(compose("dataset=synthetic", f"trainer.max_time={max_time}"))

@@ -116,6 +116,14 @@ def test_a_missing_or_mismatched_model_file_is_one_clear_error(tmp_path, synthet
         load(tmp_path / "nothing")
     with pytest.raises(ModelFileError, match="only checkpoints/last.ckpt: resume it"):
         load(tmp_path)
+    from npnn.module import ConstantNetworkError
+
+    with pytest.raises(ConstantNetworkError):  # a run that fails leaves no model file (nor an earlier end's)
+        run(compose("dataset=synthetic", "lambda=1.0", "optimizer.alpha_r=50", "trainer.max_epochs=3",
+                    "protocol=none", *QUIET), tmp_path / "failed")
+    assert json.loads((tmp_path / "failed" / "summary.json").read_text())["stopped_by"] == "constant_network"
+    with pytest.raises(ModelFileError, match="one that failed"):
+        load(tmp_path / "failed")
     shutil.copy(run_dir / MODEL_JSON, tmp_path / MODEL_JSON)
     (tmp_path / MODEL_FILE).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(ModelFileError, match="truncated or not a safetensors file"):
@@ -264,3 +272,17 @@ def test_python_m_npnn_and_npnn_train_run_the_app(tmp_path):
         out = subprocess.run(command + ["dataset=synthetic", "--cfg", "job"], capture_output=True, text=True,
                              cwd="/")
         assert out.returncode == 0 and "load_synthetic" in out.stdout, out.stderr
+
+
+def test_predict_reads_a_tensors_runs_features_by_position(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 3))
+    np.savez(tmp_path / "d.npz", x=x, y=(x[:, 0] * x[:, 1] > 0).astype(int))
+    run(compose("dataset=tensors", f"dataset.path={tmp_path / 'd.npz'}", "trainer.max_epochs=5", *QUIET),
+        tmp_path / "run")
+    assert json.loads((tmp_path / "run" / MODEL_JSON).read_text())["features"] is None
+    pd.DataFrame(x[:20], columns=["first", "second", "third"]).to_csv(tmp_path / "x.csv", index=False)
+    out = subprocess.run([sys.executable, "-m", "npnn.predict", str(tmp_path / "run"), "--input",
+                          str(tmp_path / "x.csv")], capture_output=True, text=True, check=True)
+    labels = pd.read_csv(__import__("io").StringIO(out.stdout))["prediction"].to_numpy()
+    assert np.array_equal(labels, npnn.load(tmp_path / "run").predict(x[:20]))

@@ -7,8 +7,9 @@ The feature standardisation and every norm's evaluation map are folded into the 
 the trained network. ``torchscript`` and ``onnx`` files carry the class labels and feature names
 (TorchScript: the extra file ``npnn.json``; ONNX: metadata ``npnn.classes`` and ``npnn.features``); a
 ``state_dict`` is a ``torch.save`` of tensors only, loadable with ``weights_only=True``, and its labels
-are in the run's ``model.json``. Before it writes, the command checks the exported net against the
-trained one on random rows and prints the largest relative difference.
+are in the run's ``model.json``. Once written, the command loads the file back (onnxruntime for ONNX), checks
+it against the trained net on random rows and prints the largest difference. ONNX needs torch >= 2.5 (its
+``torch.export``-based exporter) and ``pip install 'npnn[onnx]'``.
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def export(run: str | Path, fmt: str = "torchscript", output: str | Path | None 
         with warnings.catch_warnings(), _quiet("torch.onnx"):  # torch.export's notes on what it skipped
             warnings.simplefilter("ignore", FutureWarning)
             program = torch.onnx.export(sequential, (example,), input_names=["features"], output_names=["logits"],
-                                        dynamic_shapes=({0: torch.export.Dim("rows")},), verbose=False)
+                                        dynamic_shapes=({0: torch.export.Dim("rows")},), verbose=False, dynamo=True)
         proto = program.model_proto
         for key, value in _labels(model).items():
             proto.metadata_props.add(key=key, value=value)

@@ -92,7 +92,7 @@ def _build_lock():
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / "npnn.flock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline, said = time.monotonic() + wait_limit(), False
+        deadline, said, locked = time.monotonic() + wait_limit(), False, True
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -105,8 +105,11 @@ def _build_lock():
                     log.info("npnn: waiting for another process's build of the fused kernels in %s", folder)
                     said = True
                 time.sleep(0.5)
+            except OSError:  # a filesystem without flock (some network mounts): torch's own lock file alone
+                locked = False
+                break
         stale = folder / "lock"
-        if stale.exists():  # torch's baton, left by a build that was killed: no live build holds it now
+        if locked and stale.exists():  # torch's baton, left by a build that was killed: no live build holds it now
             log.warning("npnn: removing %s, left by a kernel build that did not finish", stale)
             stale.unlink(missing_ok=True)
         yield

@@ -191,6 +191,10 @@ def lock_run_dir(run_dir: str | Path) -> bool:
         os.close(fd)
         raise RunDirError(f"{run_dir} is in use by another run, still going (it holds the directory's lock): "
                           f"wait for it to end, or give this run another directory (hydra.run.dir=...)") from None
+    except OSError as err:  # a filesystem without flock (some network or FUSE mounts): run without the lock
+        os.close(fd)
+        log.warning("%s: no lock on the run directory (%s); nothing stops a second run there", run_dir, err)
+        return False
     _LOCKS[path] = fd
     return True
 

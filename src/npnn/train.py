@@ -37,7 +37,7 @@ from npnn.data.tabular import AUTO_KEYS, DataError, auto_lambda, auto_settings
 from npnn.module import Growth, NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS
 from npnn.optim import ParametricOptimizer
-from npnn.trained import save_model
+from npnn.trained import MODEL_FILE, MODEL_JSON, save_model
 from npnn.runs import (FINISHED, AtomicCheckpointIO, CheckpointError, LastCheckpoint, ResumeChanges, RunInterrupted,
                        lock_run_dir, unlock_run_dir, SettingConflictError, StopOnSignal, check_resume, delete_run,
                        existing_run, is_relaunch, prepare_run_dir, read_checkpoint, run_config, setting_conflicts, write_atomic)
@@ -127,14 +127,17 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 def _positive_duration(value: Any) -> bool:
-    """``DD:HH:MM:SS`` (Lightning's ``max_time``) of more than zero seconds."""
+    """Lightning's ``max_time``, ``DD:HH:MM:SS`` of whole numbers or a mapping such as ``{hours: 12}``, of more
+    than zero seconds."""
+    if OmegaConf.is_dict(value) or isinstance(value, dict):
+        units = {"days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+        return set(value) <= set(units) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and
+                                                0 <= v < math.inf for v in value.values()) and \
+            sum(v * units[k] for k, v in value.items()) > 0
     parts = str(value).split(":")
-    try:
-        numbers = [float(p) for p in parts]
-    except ValueError:
+    if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
         return False
-    return len(parts) == 4 and all(0 <= n < math.inf for n in numbers) and \
-        sum(n * f for n, f in zip(numbers, (86400, 3600, 60, 1))) > 0
+    return sum(int(p) * f for p, f in zip(parts, (86400, 3600, 60, 1))) > 0
 
 
 def load_data(cfg: DictConfig) -> Splits:
@@ -385,6 +388,13 @@ def user_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     return made
 
 
+def model_feature_names(cfg: DictConfig, splits: Splits) -> list[str] | None:
+    """The feature names a model file records: a table's columns; none for ``dataset=tensors`` (its ``x0 ...``
+    are positions, and ``npnn.predict`` reads such input by position)."""
+    target = OmegaConf.select(cfg, "dataset.loader._target_", default=None)
+    return None if target == "npnn.data.tabular.load_tensors" else splits.feature_names
+
+
 def cluster_environment() -> LightningEnvironment | SLURMEnvironment:
     """Lightning's cluster environment, given rather than detected: npnn (:class:`~npnn.runs.StopOnSignal`) and
     submitit own the signals and the requeue. In a SLURM job, Lightning's SLURM environment without its own
@@ -521,7 +531,9 @@ def _fit_and_record(cfg: DictConfig, run_dir: Path, trainer: pl.Trainer, module:
             log.error("run %s: %s", run_dir, err)
     protocol = next((cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol)), None)
     timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)  # trainer.max_time
-    early = any(isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0 for cb in trainer.callbacks)
+    early = any(isinstance(cb, EarlyStopping) and (str(getattr(cb, "stopping_reason", "")).split(".")[-1]
+                                                  not in ("", "NOT_STOPPED") or cb.stopped_epoch > 0)
+                for cb in trainer.callbacks)
     stopped_by = failure.stopped_by if failure is not None else \
         "protocol" if protocol is not None and protocol.done else "early_stopping" if early else \
         "time" if timer is not None and timer.time_remaining() <= 0 else "budget"
@@ -564,11 +576,16 @@ def _fit_and_record(cfg: DictConfig, run_dir: Path, trainer: pl.Trainer, module:
         summary["time_complete"] = False  # resumed from a checkpoint that did not record its earlier time
     if failure is not None:  # sizes and errors above are those of the network at the failure, not the best one
         summary["error"] = f"{type(failure).__name__}: {failure}"
-    # the final network for use (npnn.load, python -m npnn.export / predict), before summary.json marks the end
-    save_model(run_dir, module.net, classes=s.classes, feature_names=s.feature_names, mean=s.feature_mean,
-               std=s.feature_std, info={"dataset": s.name, "target": cfg.dataset.get("target"),
-                                        **{k: summary[k] for k in MODEL_SUMMARY_KEYS}, "config": summary["config"],
-                                        "auto_settings": derived})
+    # the final network for use (npnn.load, python -m npnn.export / predict), before summary.json marks the end;
+    # a run that failed or was stopped has none (an earlier end's is removed: it is not this run's network)
+    if failure is None:
+        info = {"dataset": s.name, "target": cfg.dataset.get("target"), **{k: summary[k] for k in MODEL_SUMMARY_KEYS},
+                "config": summary["config"], "auto_settings": derived}
+        save_model(run_dir, module.net, classes=s.classes, feature_names=model_feature_names(cfg, s),
+                   mean=s.feature_mean, std=s.feature_std, info=info)
+    else:
+        for name in (MODEL_FILE, MODEL_JSON):
+            (run_dir / name).unlink(missing_ok=True)
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     for logger in trainer.loggers:  # the final network in hparams.yaml; W&B: summary.json as the run's summary
         logger.log_hyperparams({"final": {k: summary[k] for k in MODEL_SUMMARY_KEYS}})

@@ -14,6 +14,7 @@ features (the standardisation is inside) and returns logits, with ``predict`` an
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -153,9 +154,10 @@ def _model_paths(path: str | Path) -> tuple[Path, Path]:
         raise ModelFileError(f"{path}: no such file or run directory; give a run directory or its {MODEL_FILE}")
     for file in (weights, record):
         if not file.is_file():
-            raise ModelFileError(f"{file} is missing: a run writes {MODEL_FILE} and {MODEL_JSON} when it ends. A run "
-                                 f"still going, or one stopped by a signal, has only checkpoints/last.ckpt: resume "
-                                 f"it to its end (README, Use a trained network)")
+            raise ModelFileError(f"{file} is missing: a run writes {MODEL_FILE} and {MODEL_JSON} when it ends by its "
+                                 f"protocol or budget. A run still going or stopped by a signal has only "
+                                 f"checkpoints/last.ckpt: resume it to its end; one that failed (its summary.json "
+                                 f"says why) has no model to use (README, Use a trained network)")
     return weights, record
 
 
@@ -187,6 +189,10 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> TrainedN
     if missing or result.unexpected_keys:
         raise ModelFileError(f"{weights} does not fit the network of {record_file}: missing {missing}, "
                              f"unexpected {result.unexpected_keys}")
+    if any(isinstance(norm, CapNorm) and norm.eval_stats == "batch" for norm in net.norms):
+        warnings.warn(f"{record_file}: this network's CapNorm evaluates with each batch's own statistics "
+                      f"(capnorm_eval_stats=batch): a prediction depends on the rows predicted with it, and a single "
+                      f"row gets all-zero logits", stacklevel=2)
     scale = record.get("standardize") or {}
     return TrainedNetwork(net.to(map_location), record["classes"], record.get("features"), scale.get("mean"),
                           scale.get("std"), info=record).to(map_location)
