@@ -151,7 +151,7 @@ RANDOM_POKER+=("hydra.sweeper.n_jobs=$JOBS")
 # ----------------------------------------------------------------------------------- Table 1 (bench)
 if wanted table1; then
   say "Table 1: optimizer step cost per weight"
-  OMP_NUM_THREADS="$JOBS" python -m npnn.figures table1 "${T1[@]}" --out "$OUT"
+  OMP_NUM_THREADS="$JOBS" python -m npnn.bench table1 "${T1[@]}" --out "$OUT"
 fi
 
 # ----------------------------------------------------------------------------------- Table 2 (poker)

@@ -6,15 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.errors import ConfigCompositionException
-from hydra.errors import InstantiationException
+from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from npnn.callbacks import RewindProtocol
 from npnn.config import CONF_DIR, compose
 from npnn.data.download import DataUnavailableError
-from npnn.data.mnist import load_mnist
 from npnn.module import ConstantNetworkError, DivergenceError, NonFiniteLossError
 from npnn.train import ConfigError, build, main, validate_config
 from npnn.units import deaths_per_epoch, layer_lengths, layer_stats
@@ -116,14 +114,17 @@ def test_default_config_is_the_paper_poker_setting():
     ("model.start_units=0", r"model.start_units must be an integer >= 1"),
     ("model.start_units=[3,4,5]", r"or a list of 2 of them"),
     ("protocol.patience=0", r"protocol: protocol.patience must be a finite number of epochs > 0, got 0"),
-    ("protocol.anneal_patience=-2", r"protocol: protocol.anneal_patience must be a finite number of epochs > 0, got -2"),
+    ("protocol.anneal_patience=-2",
+     r"protocol: protocol.anneal_patience must be a finite number of epochs > 0, got -2"),
     ("model.kind=bayesian", r"model.kind must be one of \('nonparametric', 'parametric'\)"),
     ("model.norm=batchnorm", r"cannot grow: a nonparametric model needs one of \('capnorm', 'none'\)"),
-    ("model.growth.every=0", r"model.growth: model.growth.every \(epochs between additions\) must be a finite number > 0"),
+    ("model.growth.every=0",
+     r"model.growth: model.growth.every \(epochs between additions\) must be a finite number > 0"),
     ("optimizer.alpha_phi=-3", r"optimizer: AdaRad: alpha_phi must be a finite number >= 0, got -3"),
     ("dataset.batch_size=0", r"dataset: dataset.batch_size must be an integer >= 1"),
     ("dataset.eval_batch_size=0", r"dataset: dataset.eval_batch_size must be an integer >= 1"),
-    ("dataset.val_every=0", r"trainer.val_check_interval \(default: dataset.val_every\) must be a fraction of an epoch in \(0, 1\]"),
+    ("dataset.val_every=0",
+     r"trainer.val_check_interval \(default: dataset.val_every\) must be a fraction of an epoch in \(0, 1\]"),
     ("dataset.val_every=2.5", r"trainer.val_check_interval .* or a whole number of calls >= 1 .*got 2.5"),
     ("overwrite=yes", r"overwrite must be true or false"),
     ("resume_changes=lambda", r"resume_changes must be a list of config keys"),
@@ -131,7 +132,8 @@ def test_default_config_is_the_paper_poker_setting():
     ("+divergence.max_loss=3", r"model: divergence: unknown keys \['max_loss'\]; the limits are"),
     ("optimizer=rmsprop", r"optimizer=rmsprop normalises with one running average per weight .* optimizer=adarad"),
     ("+trainer.precision=16-mixed", r"trainer.precision='16-mixed': npnn trains in full precision"),
-    ("trainer.max_epochs=0", r"trainer.max_epochs must be -1 \(no limit: the protocol ends the run\) or an integer >= 1, got 0"),
+    ("trainer.max_epochs=0",
+     r"trainer.max_epochs must be -1 \(no limit: the protocol ends the run\) or an integer >= 1, got 0"),
     ("trainer.max_epochs=0.5", r"trainer.max_epochs must be -1 .* got 0.5"),
     ("trainer.max_steps=-5", r"trainer.max_steps must be -1 .* got -5"),
 ])
@@ -427,7 +429,8 @@ def test_constant_network_is_reported(tmp_path):
     assert summary["stopped_by"] == "constant_network" and "ConstantNetworkError" in summary["error"]
 
 
-def test_wandb_logs_the_full_config_and_the_summary_beside_the_csv_files_offline_with_the_runs_plot(tmp_path, monkeypatch):
+def test_wandb_logs_the_full_config_and_the_summary_beside_the_csv_files_offline_with_the_runs_plot(tmp_path,
+                                                                                                    monkeypatch):
     import wandb  # in the dev extra (and the wandb extra): this test runs in CI
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -437,7 +440,8 @@ def test_wandb_logs_the_full_config_and_the_summary_beside_the_csv_files_offline
     summary = main(cfg, run_dir=tmp_path)
     run_config, logged = dict(wandb.run.config), dict(wandb.run.summary)
     wandb.finish()
-    assert run_config["optimizer"]["alpha_phi"] == cfg.optimizer.alpha_phi and run_config["seed"] == cfg.seed  # all of it
+    assert run_config["optimizer"]["alpha_phi"] == cfg.optimizer.alpha_phi and \
+        run_config["seed"] == cfg.seed  # all of it
     assert run_config["dataset"]["batch_size"] == cfg.dataset.batch_size
     assert run_config["final"]["test_error"] == summary["test_error"]
     assert logged["test_error"] == summary["test_error"] and logged["hidden_sizes"] == summary["hidden_sizes"]

@@ -127,7 +127,8 @@ def test_amat_sets_from_fixture_zips_over_file_urls(name, tmp_path, monkeypatch)
     torch.testing.assert_close(s.x_test, torch.tensor(test[0], dtype=torch.float32))
     assert s.y_test.tolist() == test[1].tolist()
     rows = torch.cat([s.x_train, s.x_val])  # every training row exactly once
-    assert sorted(map(tuple, rows[:, :3].tolist())) == sorted(map(tuple, torch.tensor(train[0][:, :3], dtype=torch.float32).tolist()))
+    assert sorted(map(tuple, rows[:, :3].tolist())) == \
+        sorted(map(tuple, torch.tensor(train[0][:, :3], dtype=torch.float32).tolist()))
     again = load_amat(name, tmp_path / "data", seed=3, base_url=OFFLINE[0])  # cached: no download
     assert torch.equal(again.x_train, s.x_train)
     other = load_amat(name, tmp_path / "data", seed=4, base_url=OFFLINE[0])

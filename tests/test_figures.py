@@ -3,8 +3,19 @@ import json
 
 import pytest
 
-from npnn.figures import (FIG2_STYLE, fig2, fig2_figure, fig2_points, fig3, fig3_figures, lifetimes, main, table2,
-                          tracked_units, tracking_marks)
+from npnn.figures import (
+    fig2,
+    fig2_figure,
+    fig2_points,
+    fig3,
+    fig3_figures,
+    lifetimes,
+    main,
+    table2,
+    tracked_units,
+    tracking_marks,
+)
+from npnn.figures.fig2 import FIG2_STYLE
 from npnn.sweeps import gather
 
 SUMMARY = {"dataset": "mnist", "model": "nonparametric", "norm": "capnorm", "optimizer": "AdaRad", "step_size": 10,
@@ -42,7 +53,8 @@ def np_and_p_sweeps(tmp_path):
                  test_error=b_tce, **p)
     make_run(tmp_path / "p" / "C,seed=0", ["+pick=top03", "seed=0"], stopped_by="diverged", val_error=0.9,
              test_error=0.9, **p)  # a failed run: VCE 1, never the winner
-    for name, vce, w, sizes in [("r1", 0.02, 5000, [300, 40]), ("r2", 0.01, 9000, [500, 90]), ("r3", 0.05, 2000, [90, 30])]:
+    for name, vce, w, sizes in [("r1", 0.02, 5000, [300, 40]), ("r2", 0.01, 9000, [500, 90]),
+                                ("r3", 0.05, 2000, [90, 30])]:
         make_run(tmp_path / "random" / name, [f"+pick={name}", "seed=0"], val_error=vce, test_error=vce + 0.001,
                  **{**p, "hidden_sizes": sizes, "weights": w})
     return tmp_path
@@ -72,7 +84,8 @@ def test_fig2_points_are_chosen_by_vce_and_plotted_as_given(tmp_path):
     assert {p.name for p in written} == {"fig2_mnist.png", "fig2_mnist.pdf", "fig2_mnist.md"}
     assert all(p.stat().st_size > 0 for p in written)
     table = (tmp_path / "out" / "fig2_mnist.md").read_text()
-    assert f"| nonparametric | lambda = 0.0003 | 66-11 | 1100 | 2.5% | 2% - 3% | 2.5% | 3 | `{tmp_path / 'np' / 'seed=1'}` |" \
+    assert "| nonparametric | lambda = 0.0003 | 66-11 | 1100 | 2.5% | 2% - 3% | 2.5% | 3 | " \
+        f"`{tmp_path / 'np' / 'seed=1'}` |" \
         in table
     assert "| parametric | sgd, alpha = 100, batchnorm | 66-11 | 1100 | 6.5% | 6% - 7% | 3.5% | 2 | - |" in table
     assert "144 first-layer units against 694" in table  # the paper's words beside ours
@@ -90,7 +103,8 @@ def fig3_runs(tmp_path):
         "10,1,5,25\n11,1,12,30\n12,1,20,\n13,1,31,\n14,1,35,\n" + "".join(f"{i},2,0,\n" for i in range(20, 24))
     lengths = "step,epoch,layer,id,fan_in,fan_out\n" + "".join(
         f"{s},{s / 10:.4f},{layer},{uid},{0.1 * uid + s / 100:.4f},{0.2 * uid:.4f}\n"
-        for s in (10, 20, 30, 40) for layer, uid in [(1, 0), (1, 2), (1, 3), (1, 10), (1, 12), (1, 13), (1, 14), (2, 20)])
+        for s in (10, 20, 30, 40) for layer, uid in [(1, 0), (1, 2), (1, 3), (1, 10),
+                                                     (1, 12), (1, 13), (1, 14), (2, 20)])
     np_run = make_run(tmp_path / "np", config=CONFIG, metrics=METRICS, units=units, lengths=lengths,
                       hidden_sizes=[11, 10])
     p_metrics = "epoch_float,step,train/ce,val/error\n1.0,10,0.4,0.12\n2.0,20,0.01,0.08\n"
@@ -103,7 +117,8 @@ def fig3_runs(tmp_path):
 def test_fig3_and_fig4_plot_the_runs_units_and_lengths(tmp_path):
     np_run, sgd, rms = fig3_runs(tmp_path)
     assert tracking_marks(1000) == [0, 25, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]
-    assert sorted(lifetimes(np_run, 1)) == sorted([(0.0, 4.0, True), (0.0, 1.5, False), (0.0, 4.0, True), (0.0, 4.0, True),
+    assert sorted(lifetimes(np_run, 1)) == sorted([(0.0, 4.0, True), (0.0, 1.5, False), (0.0, 4.0, True),
+                                                  (0.0, 4.0, True),
                                                   (0.5, 2.0, False), (1.2, 1.8, False), (2.0, 2.0, True),
                                                   (3.1, 0.9, True), (3.5, 0.5, True)])
     dark, light = tracked_units(np_run, 1, until=40)
@@ -131,7 +146,8 @@ def test_fig3_and_fig4_plot_the_runs_units_and_lengths(tmp_path):
     assert {p.name for p in written} == {"fig3.png", "fig3.pdf", "fig4.png", "fig4.pdf", "fig3.md", "fig4.md"}
     assert all(p.stat().st_size > 0 for p in written)
     md = (tmp_path / "out" / "fig3.md").read_text()
-    assert "| final hidden sizes | 193-36 | 11-10 |" in md and "| units ever / alive at the end | - | layer 1: 9 / 6," in md
+    assert "| final hidden sizes | 193-36 | 11-10 |" in md and \
+        "| units ever / alive at the end | - | layer 1: 9 / 6," in md
 
 
 def test_table2_puts_the_lowest_vce_p_run_of_each_size_beside_the_papers_row(tmp_path):
@@ -145,16 +161,19 @@ def test_table2_puts_the_lowest_vce_p_run_of_each_size_beside_the_papers_row(tmp
         make_run(tmp_path / "p" / f"alpha={alpha}", [f"optimizer.alpha={alpha}"], dataset="poker",
                  **{"model": "parametric", "optimizer": "rmsprop", "step_size": alpha, "lambda": 0.0},
                  hidden_sizes=[30, 20, 15, 5], weights=900, val_error=vce, test_error=tce, epochs=30.0)
-    (tmp_path / "baselines.json").write_text(json.dumps({"poker": {"logistic_regression": 0.488, "decision_tree": 0.27}}))
+    (tmp_path / "baselines.json").write_text(json.dumps({"poker": {"logistic_regression": 0.488,
+                                                                   "decision_tree": 0.27}}))
     text = table2([tmp_path / "np"], [tmp_path / "p"], tmp_path / "baselines.json", tmp_path / "out")
     assert (tmp_path / "out" / "table2.md").read_text() == text
     assert "| logistic regression | | | | 48.8% | | | 49.9% (the paper's) |" in text
     assert "| decision tree | | | | 27% | | | 26.8% (OpenML) |" in text
     assert "| nonparametric | 0.001 | 10-10-10-10 | 30-20-15-5 | 0.62% | 60.4 | 300 s | 23-24-15-4, 0.62% |" in text
-    assert "| nonparametric: failed (chance_level) | 1e-07 | | 90-80-70-60 | - | 3.0 | 40 s (the last fit only: resumed) | " \
+    assert "| nonparametric: failed (chance_level) | 1e-07 | | 90-80-70-60 | - | 3.0 | " \
+        "40 s (the last fit only: resumed) | " \
         "299-258-259-129, 0% |" in text
     # alpha = 1000 has the lowest VCE (its TCE is not the lowest); the paper's P row of the lambda = 1e-3 size
-    assert "| parametric, RMSprop alpha = 1000 (lowest VCE of 3) | | 30-20-15-5 | unchanged | 0.4% | 30.0 | 5 s | 0.20% |" in text
+    assert "| parametric, RMSprop alpha = 1000 (lowest VCE of 3) | | 30-20-15-5 | unchanged | " \
+        "0.4% | 30.0 | 5 s | 0.20% |" in text
     # every step size, in order; the lowest VCE inside the grid, a run that has not ended said so
     make_run(tmp_path / "p" / "alpha=10000", ["optimizer.alpha=10000"], dataset="poker", stopped_by="signal",
              **{"model": "parametric", "optimizer": "rmsprop", "step_size": 10000, "lambda": 0.0, "cpu_time_s": 7.0},
@@ -169,21 +188,26 @@ def test_table2_puts_the_lowest_vce_p_run_of_each_size_beside_the_papers_row(tmp
     assert "| 30-20-15-5 | 1000 | 0.1% | 0.4% | 30.0 | - | lowest VCE |" in grid
     assert "| 30-20-15-5 | 10000 | - | - | 2.0 | 7 s | not ended (signal) |" in grid
     (tmp_path / "p" / "alpha=300" / "summary.json").write_text((tmp_path / "p" / "alpha=300" / "summary.json")
-                                                                .read_text().replace('"val_error": 0.002', '"val_error": 0.0005'))
+                                                                .read_text().replace('"val_error": 0.002',
+                                                                                     '"val_error": 0.0005'))
     assert "| 30-20-15-5 | 300 | 0.05% | 0.3% | 30.0 | - | lowest VCE: on the grid's edge, widen it |" in \
         table2([tmp_path / "np"], [tmp_path / "p"], None, tmp_path / "out")
     (tmp_path / "p" / "alpha=300" / "summary.json").write_text((tmp_path / "p" / "alpha=300" / "summary.json")
-                                                                .read_text().replace('"val_error": 0.0005', '"val_error": 0.0'))
+                                                                .read_text().replace('"val_error": 0.0005',
+                                                                                     '"val_error": 0.0'))
     assert "| 30-20-15-5 | 300 | 0% | 0.3% | 30.0 | - | lowest VCE: on the grid's edge, but no validation error |" in \
         table2([tmp_path / "np"], [tmp_path / "p"], None, tmp_path / "out")
     (tmp_path / "p" / "alpha=300" / "summary.json").write_text((tmp_path / "p" / "alpha=300" / "summary.json")
-                                                                .read_text().replace('"val_error": 0.0', '"val_error": 0.0005'))
+                                                                .read_text().replace('"val_error": 0.0',
+                                                                                     '"val_error": 0.0005'))
     # a tie in VCE is said so; it goes to the first run directory by name ("alpha=1000" before "alpha=300")
     (tmp_path / "p" / "alpha=1000" / "summary.json").write_text((tmp_path / "p" / "alpha=1000" / "summary.json")
-                                                                 .read_text().replace('"val_error": 0.001', '"val_error": 0.0005'))
+                                                                 .read_text().replace('"val_error": 0.001',
+                                                                                      '"val_error": 0.0005'))
     text = table2([tmp_path / "np"], [tmp_path / "p"], None, tmp_path / "out")
     assert "| 30-20-15-5 | 1000 | 0.05% | 0.4% | 30.0 | - | lowest VCE |" in text
-    assert "| 30-20-15-5 | 300 | 0.05% | 0.3% | 30.0 | - | ties the lowest VCE (a tie goes to the first run directory " \
+    assert "| 30-20-15-5 | 300 | 0.05% | 0.3% | 30.0 | - | " \
+        "ties the lowest VCE (a tie goes to the first run directory " \
         "by name) |" in text
 
 
@@ -267,7 +291,7 @@ def test_the_claim_follows_the_search_in_draw_order_and_picks_by_vce(tmp_path):
     # every trial in draw order: job 2 (run7) is the third, its pick still job 0's TCE, the oracle its own
     assert "| 3 | run7 | sgd | 100 | batchnorm | 90-20 | 6% | 1% | protocol | 3600 s | 2.50 h | 5% | 1% |" in table
     assert "| 2 | run8 | sgd | 100 | batchnorm | 90-20 | 90% | 90% | diverged | 1800 s | 1.50 h | 5% | 5% |" in table
-    # NP runs without a whole CPU time (older npnn, or resumed from its checkpoint) are left out, and named
+    # NP runs without a whole CPU time (no cpu_time_s, or time_complete false) are left out, and named
     make_run(tmp_path / "np" / "c", ["lambda=1e-5"], test_error=0.001, cpu_time_s=None, stopped_by="protocol")
     make_run(tmp_path / "np" / "d", ["lambda=1e-6"], test_error=0.001, cpu_time_s=60, time_complete=False,
              stopped_by="protocol")

@@ -6,7 +6,8 @@ import torch
 from omegaconf import OmegaConf
 
 from npnn.config import compose
-from npnn.mistakes import hand_kinds, main as mistakes_main, mistakes
+from npnn.mistakes import hand_kinds, mistakes
+from npnn.mistakes import main as mistakes_main
 from npnn.train import main
 
 QUIET = ["trainer.enable_progress_bar=false", "logger=none"]

@@ -301,4 +301,5 @@ def test_capnorm_gradient_matches_autograd_of_the_formula():
     expected = torch.autograd.grad(formula(z), z, g)[0]
     got = torch.autograd.grad(CapNorm(6, eval_stats="batch").double()(z), z, g)[0]
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda v: CapNorm(6, eval_stats="batch").double()(v), (z[:20].detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda v: CapNorm(6, eval_stats="batch").double()(v),
+                                    (z[:20].detach().requires_grad_(),))

@@ -80,7 +80,8 @@ def test_step_matches_a_literal_loop_over_units(cls, momentum, fused):
     kw = {k: v for k, v in HP.items() if k != "beta_arith" or momentum}
     if not momentum:
         kw["fused"] = fused  # None: the fused CPU kernel where it is available (npnn.fused), False: eager
-    opt = cls(params, HP["alpha_r"], HP["alpha_phi"], HP["lam"], **{k: v for k, v in kw.items() if k not in ("alpha_r", "alpha_phi", "lam")})
+    opt = cls(params, HP["alpha_r"], HP["alpha_phi"], HP["lam"],
+              **{k: v for k, v in kw.items() if k not in ("alpha_r", "alpha_phi", "lam")})
     ref_w = [p.detach().clone() for p in params]
     st = fresh_reference_state(shapes)
     for t in range(12):
@@ -159,7 +160,8 @@ def test_unit_of_length_one_lives_about_fifty_epochs():
     with torch.no_grad():
         net.linears[0].weight[0] /= net.linears[0].weight[0].norm()
     unit = net.unit_ids(0)[0].item()
-    opt = AdaRad(net.parameters(), alpha_r=1 / (50 * lam), alpha_phi=30.0, lam=lam, dataset_size=50_000, batch_size=1000)
+    opt = AdaRad(net.parameters(), alpha_r=1 / (50 * lam), alpha_phi=30.0, lam=lam,
+                 dataset_size=50_000, batch_size=1000)
     for step in range(1, 2502):
         for p in net.parameters():
             p.grad = torch.zeros_like(p)
@@ -238,7 +240,8 @@ def test_growth_and_pruning_keep_surviving_state_and_zero_new_state(cls):
         if old.dim() == 1:
             assert torch.equal(new[:5], old[keep2]) and torch.equal(new[5:], torch.zeros(1))
         elif cls is AdaRadM:  # rows of removed units go, columns of removed inputs go, re-orthogonalised
-            assert new.shape == (6, 6) and torch.equal(new[5:], torch.zeros(1, 6)) and torch.equal(new[:, 4:], torch.zeros(6, 2))
+            assert new.shape == (6, 6) and torch.equal(new[5:], torch.zeros(1, 6)) and \
+                torch.equal(new[:, 4:], torch.zeros(6, 2))
         else:
             assert torch.equal(new[:5, :4], old[keep2][:, keep1])
             assert torch.equal(new[5:], torch.zeros(1, 6)) and torch.equal(new[:, 4:], torch.zeros(6, 2))

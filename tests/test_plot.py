@@ -55,7 +55,7 @@ def test_the_plot_command_names_a_directory_without_metrics(tmp_path, capsys):
 
 def test_table1_shows_the_measured_cost_per_weight_beside_the_papers_counts(tmp_path, monkeypatch):
     import npnn.bench
-    from npnn.figures import PAPER_TABLE1, table1
+    from npnn.bench import PAPER_TABLE1, table1
 
     timings = {"mnist": {"SGD": 1e-3, "AdaRad": 2e-3, "RMSprop": 4e-3},  # seconds per step, as the bench returns
                "poker": {"SGD": 1e-4, "AdaRad": 1e-4, "RMSprop": 5e-4}}
@@ -64,7 +64,8 @@ def test_table1_shows_the_measured_cost_per_weight_beside_the_papers_counts(tmp_
     assert (tmp_path / "table1.md").read_text() == text
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ") and
             not line.startswith("| algorithm")}
-    mnist_weights, poker_weights = 784 * 1000 + 1000 * 1000 + 1000 * 10, 10 * 300 + 300 * 260 + 260 * 260 + 260 * 130 + 130 * 2
+    mnist_weights, poker_weights = 784 * 1000 + 1000 * 1000 + 1000 * 10, \
+        10 * 300 + 300 * 260 + 260 * 260 + 260 * 130 + 130 * 2
     assert f"{2e-3 / mnist_weights * 1e9:.3f} (0.50)" in rows["AdaRad"]
     assert f"{1e-4 / poker_weights * 1e9:.3f} (0.20)" in rows["AdaRad"]
     assert PAPER_TABLE1["RMSprop"] in rows["RMSprop"] and set(rows) == {"SGD", "AdaRad", "RMSprop"}

@@ -18,11 +18,11 @@ import pytorch_lightning as pl
 import torch
 
 from npnn.baselines import main as baselines_main
+from npnn.config import compose
 from npnn.data.download import ChecksumError
 from npnn.data.mnist import MNIST_FILES, mnist_file
 from npnn.module import ChanceLevelError
 from npnn.runs import CheckpointError, RunDirError, RunInterrupted, StopOnSignal
-from npnn.config import compose
 from npnn.train import ConfigError, build, main, steps_per_call
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +135,8 @@ def test_sigterm_checkpoints_exits_non_zero_and_the_resume_equals_the_uninterrup
     ca, cb = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=False) for d in ("full", "stopped"))
     assert tensors_equal(ca["state_dict"], cb["state_dict"])
     assert (tmp_path / "full" / "units.csv").read_text() == (tmp_path / "stopped" / "units.csv").read_text()
-    assert (tmp_path / "full" / "unit_lengths.csv").read_text() == (tmp_path / "stopped" / "unit_lengths.csv").read_text()
+    assert (tmp_path / "full" / "unit_lengths.csv").read_text() == \
+        (tmp_path / "stopped" / "unit_lengths.csv").read_text()
 
 
 NETS = {"nonparametric": ["protocol.patience=2", "lambda=3e-3", "optimizer.alpha_r=100"],  # AdaRad, growth
@@ -287,7 +288,8 @@ def test_a_resume_drops_unit_length_rows_written_after_its_checkpoint(tmp_path):
     run(tmp_path / "full", 85)
     run(tmp_path / "killed", 85, "checkpoint_every_steps=47", "steps_per_call=1")  # dies at 85; checkpoint at 47
     run(tmp_path / "killed", 85, "steps_per_call=1", f"ckpt_path={tmp_path / 'killed/checkpoints/last.ckpt'}")
-    assert (tmp_path / "killed" / "unit_lengths.csv").read_text() == (tmp_path / "full" / "unit_lengths.csv").read_text()
+    assert (tmp_path / "killed" / "unit_lengths.csv").read_text() == \
+        (tmp_path / "full" / "unit_lengths.csv").read_text()
 
 
 # ------------------------------------------------------ 5. checked constraints
@@ -295,11 +297,12 @@ def test_steps_per_call_must_divide_the_steps_between_validations_and_checkpoint
     with pytest.raises(ConfigError, match=r"steps_per_call=3 must divide the 20 steps of an epoch"):
         build(tiny("steps_per_call=3"), tmp_path)
     poker = tiny("dataset=poker", "steps_per_call=32")
-    with pytest.raises(ConfigError, match=r"800 steps of an epoch, and keep the validations every 80 steps .* every 64"):
+    with pytest.raises(ConfigError,
+                       match=r"800 steps of an epoch, and keep the validations every 80 steps .* every 64"):
         steps_per_call(poker, 800)
     assert steps_per_call(tiny("dataset=poker"), 800) == 8 and steps_per_call(tiny("dataset=mnist"), 50) == 5
     assert steps_per_call(tiny("dataset=poker", "checkpoint_every_steps=100"), 800) == 5
-    with pytest.raises(ConfigError, match=r"steps_per_call=8 must divide .*checkpoint_every_steps=100"):  # noqa
+    with pytest.raises(ConfigError, match=r"steps_per_call=8 must divide .*checkpoint_every_steps=100"):
         steps_per_call(tiny("dataset=poker", "checkpoint_every_steps=100", "steps_per_call=8"), 800)
     assert steps_per_call(tiny("trainer.val_check_interval=10"), 20) == 1  # an integer interval counts calls
     assert steps_per_call(tiny("dataset=poker", "dataset.batch_size=512"), 1563) == 3  # every 156 steps either way

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 
 from npnn.config import CONF_DIR
 from npnn.config import compose as run_config
-from npnn.sweeps import best_settings, draws, gather, main as sweeps_main, progress, representatives, sweep_size
+from npnn.sweeps import best_settings, draws, gather, progress, representatives, sweep_size
+from npnn.sweeps import main as sweeps_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,7 +113,8 @@ def test_the_launcher_configs_compose(launcher):
 
 SWEEP_NEEDS = {  # what each sweep config leaves to the user (its comment says so)
     "p_grid": ["model.hidden_sizes=[8,8]"], "p_random": ["random_search.base=[8,8]"], "p_seeds": ["+pick=top01"],
-    "p_rmsprop_poker": ["model.hidden_sizes=[23,24,15,4]"], "p_random_poker": ["random_search.base=[8,8,8,8]"]}  # one job of it: the sweep gives the sizes
+    "p_rmsprop_poker": ["model.hidden_sizes=[23,24,15,4]"],
+    "p_random_poker": ["random_search.base=[8,8,8,8]"]}  # one job of it: the sweep gives the sizes
 
 
 def test_the_poker_random_search_draws_one_width_per_hidden_layer():
@@ -176,11 +178,13 @@ def test_written_picks_compose_to_the_settings_they_came_from(tmp_path):
     written = write_picks(gather([tmp_path / "sweep"]), tmp_path / "picks")
     assert [p.name for p in written] == ["top01.yaml", "top02.yaml"]  # b (VCE 1%) first
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        picked = [compose("config", overrides=["hparams_search=p_seeds", f"hydra.searchpath=[file://{tmp_path / 'picks'}]",
+        picked = [compose("config", overrides=["hparams_search=p_seeds",
+                                               f"hydra.searchpath=[file://{tmp_path / 'picks'}]",
                                                f"+pick={p.stem}"]) for p in written]
     assert [(c.dataset.loader._target_.rsplit(".", 1)[-1], c.optimizer.algorithm, c.optimizer.alpha, c.model.norm,
              list(c.model.hidden_sizes), c.seed) for c in picked] == [
-        ("load_mnist", "sgd", 10, "batchnorm_affine", [20, 20], 0), ("load_mnist", "adam", 312.5, "batchnorm", [40, 6], 0)]
+        ("load_mnist", "sgd", 10, "batchnorm_affine", [20, 20], 0),
+        ("load_mnist", "adam", 312.5, "batchnorm", [40, 6], 0)]
     assert all(c.model.kind == "parametric" and c["lambda"] == 0.0 for c in picked)
 
 
@@ -221,7 +225,8 @@ def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path, caps
         assert run_config(*command[2:]) == OmegaConf.load(trial / ".hydra" / "config.yaml")
     assert len({c[2] for c in commands}) > 1  # the draws differ from trial to trial
     fixed = draws(["model.norm=batchnorm", *args[3:]], 4)  # a searched key fixed: the other keys' draws move
-    assert all("model.norm=batchnorm" in o and not any(v.startswith("model.norm=batchnorm_") for v in o) for _, o in fixed)
+    assert all("model.norm=batchnorm" in o and not any(v.startswith("model.norm=batchnorm_") for v in o)
+               for _, o in fixed)
     assert [o[0] for _, o in fixed] != [c[2] for c in commands]
     at = f"hydra.sweep.dir={tmp_path / 'other'}"
     for bad, message in [(["hydra/sweeper/sampler=tpe", at], "needs an optuna random search with a seed"),
@@ -234,7 +239,8 @@ def test_the_random_search_draws_its_settings_again_on_a_relaunch(tmp_path, caps
     for row in rows:
         sizes = [int(h) for h in row["hidden_sizes"].split("-")]
         assert 3 <= sizes[0] <= 15 and 2 <= sizes[1] <= 10 and row["model"] == "parametric"
-        assert 1 <= row["step_size"] <= 100_000 and row["optimizer"] in ("sgd", "momentum", "nesterov", "rmsprop", "adam")
+        assert 1 <= row["step_size"] <= 100_000 and \
+            row["optimizer"] in ("sgd", "momentum", "nesterov", "rmsprop", "adam")
     logs = {p: p.read_bytes() for p in (tmp_path / "sweep").glob("trial*/train.log")}
     again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -139,7 +139,8 @@ def test_a_resume_refuses_another_data_file_or_changed_data(tmp_path):
         main(compose("dataset=csv", f"dataset.path={tmp_path / 'other.csv'}", "dataset.target=label", *QUIET, FAST,
                      "trainer.max_steps=48", ckpt, "resume_changes=[dataset.path]"), tmp_path / "run")
     table(900).to_csv(tmp_path / "t.csv", index=False)  # the same file name, more rows: other derived settings
-    with pytest.raises(CheckpointError, match=r"derived from the data differ .*lambda: checkpoint 0.00277\d*, now 0.00185"):
+    with pytest.raises(CheckpointError,
+                       match=r"derived from the data differ .*lambda: checkpoint 0.00277\d*, now 0.00185"):
         main(csv_config(tmp_path / "t.csv", FAST, "trainer.max_steps=48", ckpt), tmp_path / "run")
     with pytest.raises(ConfigError, match=r"dataset.batch_size must be auto or an integer >= 1, got 0"):
         main(csv_config(tmp_path / "t.csv", "dataset.batch_size=0"), tmp_path / "run2")

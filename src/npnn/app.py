@@ -22,7 +22,8 @@ def main(cfg: DictConfig) -> float:
     from npnn.data.tabular import DataError
     from npnn.module import TrainingError
     from npnn.runs import CheckpointError, RunDirError, RunInterrupted, SettingConflictError
-    from npnn.train import ConfigError, main as train
+    from npnn.train import ConfigError
+    from npnn.train import main as train
 
     try:
         return train(cfg)["val_error"]  # the value a sweeper minimises

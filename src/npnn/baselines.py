@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out", default=None, metavar="JSON",
-                        help="also write {dataset: {model: test error}} here (python -m npnn.figures table2 --baselines)")
+                        help="also write {dataset: {model: test error}} here "
+                             "(python -m npnn.figures table2 --baselines)")
     args = parser.parse_args(argv)
     results: dict[str, dict[str, float]] = {}
     print(f"{'dataset':<20}{'model':<22}{'test error':>11}{'seconds':>9}")

@@ -5,6 +5,7 @@
     python -m npnn.bench epoch [--dataset poker|mnist] [--sizes ...] [--epochs N] [--data-dir DIR] [--set KEY=VALUE ...]
     python -m npnn.bench lightning [--sizes 43 44 35 24] [--rounds 5]
     python -m npnn.bench sklearn [--rounds 1]
+    python -m npnn.bench table1 [--rounds 30] [--steps 5] [--out results]
 
 ``sklearn`` times ``NonparametricClassifier().fit`` on scikit-learn's digits (all 1,797 rows, defaults,
 ``random_state=0``) against ``MLPClassifier().fit`` behind a ``StandardScaler`` on the same rows, in CPU
@@ -21,7 +22,8 @@ on poker's and mnist's shapes.
 
 ``optimizer`` times one optimizer step (gradients given) on the weight shapes of the
 paper's MNIST net (784-1000-1000-10) and a poker-like net (10-300-260-260-130-2):
-AdaRad (fused CPU kernel, :mod:`npnn.fused`), AdaRad's eager reference, AdaRadM, SGD, SGD with l2 group shrinkage, and torch's foreach RMSprop and
+AdaRad (fused CPU kernel, :mod:`npnn.fused`), AdaRad's eager reference, AdaRadM, SGD, SGD with l2 group
+shrinkage, and torch's foreach RMSprop and
 Adam. Optimizers are timed in interleaved rounds; the median over rounds is reported
 with its ratio to SGD. Table 1 of the paper: AdaRad needs fewer operations per
 weight than RMSprop.
@@ -32,6 +34,7 @@ import argparse
 import logging
 import statistics
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -348,7 +351,8 @@ def bench_lightning(sizes: list[int], rounds: int) -> float:
     ratio = statistics.median(l / b for l, b in zip(light, bare))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; poker epoch (800 steps, no validation) of a "
           f"{'-'.join(map(str, sizes))} BatchNorm net with RMSprop, {rounds} rounds")
-    print(f"bare loop median {statistics.median(bare):.2f} s, inside Lightning median {statistics.median(light):.2f} s, "
+    print(f"bare loop median {statistics.median(bare):.2f} s, "
+          f"inside Lightning median {statistics.median(light):.2f} s, "
           f"ratio (median over rounds) {ratio:.2f}: Lightning's loop costs "
           f"{(statistics.median(light) - statistics.median(bare)) / 800 * 1e3:.2f} ms a step")
     return ratio
@@ -356,15 +360,15 @@ def bench_lightning(sizes: list[int], rounds: int) -> float:
 
 def bench_sklearn(rounds: int) -> float:
     """CPU seconds of ``NonparametricClassifier().fit`` on digits, and the ratio to ``MLPClassifier().fit``'s."""
-    import warnings  # noqa: PLC0415
+    import warnings
 
-    from sklearn.datasets import load_digits  # noqa: PLC0415
-    from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
-    from sklearn.neural_network import MLPClassifier  # noqa: PLC0415
-    from sklearn.pipeline import make_pipeline  # noqa: PLC0415
-    from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    from npnn.sklearn import NonparametricClassifier  # noqa: PLC0415
+    from npnn.sklearn import NonparametricClassifier
 
     X, y = load_digits(return_X_y=True)
     nonparametric, mlp, sizes = [], [], None
@@ -378,11 +382,49 @@ def bench_sklearn(rounds: int) -> float:
             make_pipeline(StandardScaler(), MLPClassifier(random_state=0)).fit(X, y)
         mlp.append(time.process_time() - start)
     np_s, mlp_s = statistics.median(nonparametric), statistics.median(mlp)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; digits (1,797 rows, 64 features, 10 classes), "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          "digits (1,797 rows, 64 features, 10 classes), "
           f"{rounds} round(s)")
     print(f"NonparametricClassifier().fit: {np_s:.1f} CPU s (final sizes {'-'.join(map(str, sizes))}); "
           f"MLPClassifier().fit: {mlp_s:.2f} CPU s; ratio {np_s / mlp_s:.1f}")
     return np_s
+
+
+# ------------------------------------------------------------------------------------ Table 1, measured
+# Table 1 of the paper: cost per mini-batch and weight of an efficient implementation
+PAPER_TABLE1 = {
+    "SGD": "1 multiplication (no l2 shrinkage)",
+    "SGD+shrink": "3 multiplications",
+    "AdaRad": "4 multiplications (with or without l2 shrinkage)",
+    "AdaRad eager": "(the same algorithm: npnn's reference tensor code)",
+    "AdaRadM": "not in Table 1",
+    "RMSprop": "4 multiplications, 1 division, 1 square root (no l2 shrinkage)",
+    "Adam": "not in Table 1",
+}
+
+
+def table1(out: str | Path, rounds: int = 30, steps: int = 5) -> str:
+    """Table 1 of the paper, measured: time one step of each optimizer on the paper's mnist and a poker-like net
+    (:func:`bench_optimizer`), beside the paper's operation counts; write ``OUT/table1.md``."""
+    results = bench_optimizer(list(SHAPES), rounds, steps)
+    weights = {name: sum(a * b for a, b in zip(dims[:-1], dims[1:])) for name, dims in SHAPES.items()}
+    columns = [f"{name} {'-'.join(map(str, SHAPES[name]))}: ns / weight (x RMSprop)" for name in SHAPES]
+    lines = ["# Table 1, measured: optimizer step cost per weight",
+             "",
+             f"`python -m npnn.bench table1 --rounds {rounds} --steps {steps}` (medians of {rounds} interleaved "
+             f"rounds of {steps} steps; gradients given, so only the update is timed, as in the paper's table)",
+             "",
+             f"| algorithm | {' | '.join(columns)} | the paper (operations per weight) |",
+             "|---" * (len(columns) + 2) + "|"]
+    for algorithm in results[next(iter(SHAPES))]:
+        cells = [f"{results[n][algorithm] / weights[n] * 1e9:.3f} ({results[n][algorithm] / results[n]['RMSprop']:.2f})"
+                 for n in SHAPES]
+        lines.append(f"| {algorithm} | {' | '.join(cells)} | {PAPER_TABLE1.get(algorithm, '')} |")
+    text = "\n".join(lines) + "\n"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table1.md").write_text(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -409,6 +451,12 @@ def main(argv: list[str] | None = None) -> None:
     p_light.add_argument("--sizes", type=int, nargs="+", default=[43, 44, 35, 24])
     p_light.add_argument("--rounds", type=int, default=5)
     p_light.add_argument("--threads", type=int, default=None)
+    p_table1 = sub.add_parser("table1", help="Table 1 of the paper measured (optimizer step cost per weight) "
+                                             "into OUT/table1.md")
+    p_table1.add_argument("--rounds", type=int, default=30)
+    p_table1.add_argument("--steps", type=int, default=5)
+    p_table1.add_argument("--out", default="results", help="the results folder (default: results)")
+    p_table1.add_argument("--threads", type=int, default=None)
     p_sklearn = sub.add_parser("sklearn", help="NonparametricClassifier().fit on digits, in CPU seconds")
     p_sklearn.add_argument("--rounds", type=int, default=1)
     p_sklearn.add_argument("--threads", type=int, default=None)
@@ -425,6 +473,9 @@ def main(argv: list[str] | None = None) -> None:
         bench_lightning(args.sizes, args.rounds)
     elif args.what == "sklearn":
         bench_sklearn(args.rounds)
+    elif args.what == "table1":
+        print(table1(args.out, args.rounds, args.steps))
+        print(f"wrote {Path(args.out) / 'table1.md'}")
 
 
 if __name__ == "__main__":

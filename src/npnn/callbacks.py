@@ -11,17 +11,25 @@ import io
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 
 from npnn.module import NonparametricModule
-from npnn.runs import write_atomic
+from npnn.record import PHASES, write_atomic
 
-__all__ = ["RewindProtocol", "UnitLogger", "RunProgressBar", "epochs_to_steps"]
+__all__ = ["RewindProtocol", "UnitLogger", "RunProgressBar", "epochs_to_steps", "find_callback", "set_hparam",
+           "apply_resume_changes"]
 
 log = logging.getLogger(__name__)
+
+C = TypeVar("C")
+
+
+def find_callback(trainer: pl.Trainer, kind: type[C]) -> C | None:
+    """The trainer's first callback of type ``kind``, or None."""
+    return next((cb for cb in trainer.callbacks if isinstance(cb, kind)), None)
 
 
 def epochs_to_steps(epochs: float, trainer: pl.Trainer) -> int:
@@ -55,7 +63,7 @@ class RewindProtocol(Callback):
     keeps them, and each stage change sets them.
     """
 
-    PHASES = {"nonparametric": ("grow", "prune", "fit", "anneal"), "parametric": ("fit", "anneal")}
+    PHASES = PHASES
 
     def __init__(self, kind: str = "nonparametric", patience: float = 100.0, anneal_patience: float = 5.0,
                  factor: float = 3.0, max_stalls: int = 1, min_step_size: float = 0.0,
@@ -70,7 +78,8 @@ class RewindProtocol(Callback):
         if not (isinstance(max_stalls, int) and not isinstance(max_stalls, bool) and max_stalls >= 1):
             raise ValueError(f"protocol.max_stalls must be an integer >= 1, got {max_stalls!r}")
         if not (_number(min_step_size) and 0 <= min_step_size < math.inf):
-            raise ValueError(f"protocol.min_step_size must be a finite number >= 0 (0: no limit), got {min_step_size!r}")
+            raise ValueError("protocol.min_step_size must be a finite number >= 0 (0: no limit), "
+                             f"got {min_step_size!r}")
         if max_prune_epochs is not None and not (_number(max_prune_epochs) and 0 < max_prune_epochs < math.inf):
             raise ValueError(f"protocol.max_prune_epochs must be a finite number > 0 or null (no limit), "
                              f"got {max_prune_epochs!r}")
@@ -145,7 +154,7 @@ class RewindProtocol(Callback):
                 module.growth.enabled = False
         elif self.phase == "prune":
             self.phase = "fit"
-            self._set(module, "lam", 0.0)
+            set_hparam(module, "lam", 0.0)
         else:  # fit, anneal
             stalled = self.phase == "anneal" and not self.stage_improved
             self.stalls = self.stalls + 1 if stalled else 0
@@ -154,7 +163,7 @@ class RewindProtocol(Callback):
                 self.done, trainer.should_stop = True, True
             else:
                 self.phase = "anneal"
-                self._set(module, module.step_size_key, new_step)
+                set_hparam(module, module.step_size_key, new_step)
         self.stage_improved = False
         event = {"step": module.step_count, "from": old, "to": "stop" if self.done else self.phase,
                  "best_vce": self.best_vce, "lambda": module.lam, "step_size": module.step_size}
@@ -169,11 +178,6 @@ class RewindProtocol(Callback):
         self.best = self.anchor
         self._last_validation_step = self.anchor["step"]
 
-    @staticmethod
-    def _set(module: NonparametricModule, key: str, value: float) -> None:
-        for group in module.optimizer.param_groups:
-            group[key] = float(value)
-
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("phase", "best", "anchor", "stage_improved",
@@ -182,6 +186,40 @@ class RewindProtocol(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
             setattr(self, k, v)
+
+
+def set_hparam(module: NonparametricModule, key: str, value: float) -> None:
+    """Set lambda (``lam``) or the step size in every param group: the protocol's stage changes, and a resume's
+    accepted changes (:func:`apply_resume_changes`), are the only writers."""
+    for group in module.optimizer.param_groups:
+        group[key] = float(value)
+
+
+def apply_resume_changes(module: NonparametricModule, old: dict, new: dict,
+                         protocol: RewindProtocol | None) -> None:
+    """A resume's accepted config changes (``resume_changes``; ``old`` and ``new`` resolved) to what a checkpoint
+    carries: the optimizer's settings and whether units are added. What the protocol set stays unless its own
+    key changed: the annealed step size, and lambda = 0 after the prune stage (a new lambda then acts through
+    alpha_r = alpha_r_lambda / lambda only)."""
+    keep = set()
+    if old["optimizer"].get(module.step_size_key) == new["optimizer"].get(module.step_size_key):
+        keep.add(module.step_size_key)
+    if old["lambda"] == new["lambda"]:
+        keep.add("lam")
+    elif protocol is not None and protocol.kind == "nonparametric" and protocol.phase in ("fit", "anneal"):
+        keep.add("lam")
+        log.warning("resume: lambda stays 0, as the protocol sets it after its prune stage; the new lambda "
+                    "%s acts through alpha_r = alpha_r_lambda / lambda only", new["lambda"])
+    scheduled = ("lam", module.step_size_key)
+    for group, configured in zip(module.optimizer.param_groups, module.configured_hparams):
+        group.update({k: v for k, v in configured.items() if k not in scheduled})  # e.g. alpha_r, beta
+    for key in scheduled:
+        if key not in keep:
+            set_hparam(module, key, module.configured_hparams[0][key])
+    if old["model"].get("growth") != new["model"].get("growth") and module.growth is not None:
+        until = new["model"]["growth"].get("until")  # e.g. a later growth.until
+        module.growth.enabled = (protocol is None or protocol.phase == "grow") and \
+            (until is None or module.step_count < round(until * module.steps_per_epoch))
 
 
 class UnitLogger(Callback):
@@ -226,7 +264,8 @@ class UnitLogger(Callback):
                 if new:
                     w.writerow(["step", "epoch", "layer", "id", "fan_in", "fan_out"])
                 for layer, lengths in enumerate(module.net.unit_lengths()):
-                    for i, fi, fo in zip(lengths["ids"].tolist(), lengths["fan_in"].tolist(), lengths["fan_out"].tolist()):
+                    for i, fi, fo in zip(lengths["ids"].tolist(), lengths["fan_in"].tolist(),
+                                         lengths["fan_out"].tolist()):
                         w.writerow([module.step_count, f"{epoch:.4f}", layer + 1, i, f"{fi:.6g}", f"{fo:.6g}"])
                         self._rows += 1
 
@@ -257,7 +296,7 @@ class RunProgressBar(TQDMProgressBar):
         shown: dict[str, Any] = {"sizes": "-".join(map(str, module.net.hidden_sizes))}
         if not math.isnan(module.last_val_error):
             shown["VCE"] = f"{100 * module.last_val_error:.3f}%"
-        protocol = next((cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol)), None)
+        protocol = find_callback(trainer, RewindProtocol)
         if protocol is not None:
             shown["phase"] = "stop" if protocol.done else protocol.phase
         if trainer.strategy.optimizers:

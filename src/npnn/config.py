@@ -41,7 +41,7 @@ def widths(base, *factors: float) -> list[int]:
 def _relaunch_of_ended_run(output_dir, resume_existing, overwrite, ckpt_path) -> bool:
     """Whether this launch (``resume_existing=true``) finds a run in ``output_dir`` that ended, which it skips
     or refuses: that run's record keeps its own ``.hydra`` files and log."""
-    from npnn.runs import existing_run, is_relaunch  # noqa: PLC0415  (torch and Lightning: only when Hydra resolves this)
+    from npnn.runs import existing_run, is_relaunch
 
     return (output_dir is not None and is_relaunch(resume_existing, overwrite, ckpt_path)
             and isinstance(existing_run(output_dir), dict))
@@ -69,7 +69,8 @@ OmegaConf.register_new_resolver("npnn.log_file", log_file, replace=True)
 def compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
     """The run config for ``overrides``, as ``python train.py <overrides>`` composes it (with its ``hydra``
     node: ``return_hydra_config=True``)."""
-    from hydra import compose as hydra_compose, initialize_config_dir  # noqa: PLC0415
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)

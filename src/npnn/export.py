@@ -59,7 +59,7 @@ def export(run: str | Path, fmt: str = "torchscript", output: str | Path | None 
                        _extra_files={"npnn.json": json.dumps(_labels(model))})
     elif fmt == "onnx":
         try:
-            import onnx  # noqa: PLC0415
+            import onnx
         except ImportError:
             raise ImportError("--format onnx needs the onnx packages: pip install 'npnn[onnx]' "
                               "(onnx, onnxscript and onnxruntime)") from None
@@ -114,7 +114,7 @@ def _reload(path: Path, fmt: str, like: torch.nn.Sequential):
         like.load_state_dict(torch.load(path, weights_only=True))
         return like
     try:
-        import onnxruntime  # noqa: PLC0415
+        import onnxruntime
     except ImportError:
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

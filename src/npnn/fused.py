@@ -48,7 +48,7 @@ def _ninja_on_path() -> None:
     """torch's builder runs ``ninja`` from PATH. Put the pip package's binary first, whether or not the
     environment is activated: two ninja versions alternating on one build directory rebuild it each time."""
     try:
-        import ninja  # noqa: PLC0415
+        import ninja
     except ImportError:
         return
     if Path(shutil.which("ninja") or "").parent != Path(ninja.BIN_DIR):
@@ -56,7 +56,7 @@ def _ninja_on_path() -> None:
 
 
 def _build(verbose: bool) -> None:
-    from torch.utils.cpp_extension import load as build  # noqa: PLC0415
+    from torch.utils.cpp_extension import load as build
 
     # -fopenmp-simd: vectorise the row reductions (no OpenMP runtime); no -march=native, so a build
     # cache shared by the nodes of a cluster runs on all of them
@@ -79,12 +79,12 @@ def _build_lock():
     holder dies, unlike torch's own ``lock`` file, which a killed build leaves behind and every later build
     then waits on for ever. Holding it, that file can only be stale: it is removed. The wait for another
     build is bounded (``NPNN_FUSED_WAIT``); past it, :func:`load` falls back to the eager path."""
-    import time  # noqa: PLC0415
+    import time
 
-    from torch.utils.cpp_extension import _get_build_directory  # noqa: PLC0415
+    from torch.utils.cpp_extension import _get_build_directory
 
     try:
-        import fcntl  # noqa: PLC0415
+        import fcntl
     except ImportError:  # not POSIX: torch's own lock alone
         yield
         return
@@ -133,7 +133,8 @@ def load() -> bool:
                     _state.update(ok=hasattr(torch.ops.npnn, "adarad_step_"), error="")
                 except Exception as exc:  # no compiler, no ninja, a read-only cache...
                     _state.update(ok=False, error=f"{type(exc).__name__}: {exc}")
-                    warnings.warn(f"npnn: the fused CPU kernels could not be built ({_state['error'].splitlines()[0]}); "
+                    warnings.warn("npnn: the fused CPU kernels could not be built "
+                                  f"({_state['error'].splitlines()[0]}); "
                                   f"using the eager implementation (same results, slower). `python -m npnn.fused` "
                                   f"shows the compiler's output; a C++ compiler and ninja enable the kernels; "
                                   f"NPNN_FUSED=0 silences this.", stacklevel=2)
@@ -187,7 +188,7 @@ def count_zero_rows(weights: list[torch.Tensor]) -> list[int] | None:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m npnn.fused``: build the kernels verbosely and say whether they work."""
-    import argparse  # noqa: PLC0415
+    import argparse
 
     argparse.ArgumentParser(
         prog="python -m npnn.fused",

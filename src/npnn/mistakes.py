@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from npnn.checkpoint import read_checkpoint
 from npnn.data import load_recorded
 from npnn.data.poker import GENERATOR_SEED, HAND_NAMES, deal, hand_class
 from npnn.nn import NonparametricMLP
-from npnn.runs import read_checkpoint
 
 ACE_HIGH = "straight, ace-high"
 
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| run | test errors | " + " | ".join(columns) + " |")
     print("|---|---|" + "---|" * len(columns))
     for run_dir, r in results.items():
-        print(f"| {run_dir} | {r['errors']} of {r['test_size']:,} | " + " | ".join(str(r["kinds"][k]) for k in columns) + " |")
+        print(f"| {run_dir} | {r['errors']} of {r['test_size']:,} | " +
+              " | ".join(str(r["kinds"][k]) for k in columns) + " |")
     totals = next(iter(results.values()))["totals"]
     print("| (the test set) | | " + " | ".join(f"{totals[k]:,}" for k in columns) + " |")
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from npnn.checkpoint import FORMAT, check_format
 from npnn.nn import NonparametricMLP
-from npnn.optim import AdaRad, group_shrink_
+from npnn.optim import AdaRad, group_shrink_, shrinkage_threshold
 from npnn.regularizers import objective
 
 __all__ = ["NonparametricModule", "Growth", "TrainingError", "NonFiniteLossError", "ConstantNetworkError",
@@ -143,10 +145,11 @@ class NonparametricModule(pl.LightningModule):
 
     DIVERGENCE_DEFAULTS = {"max_train_ce": 5.0, "max_step_angle": 1.0, "max_fan_in_length": 1e4,
                            "max_final_val_error": 1.0}
-    CHECKPOINT_FORMAT = 3  # lambda and the step size only in the optimizer's param_groups; growth and steps_per_call here
+    CHECKPOINT_FORMAT = FORMAT  # npnn.checkpoint
 
     def __init__(self, net: dict, optimizer: Callable[..., torch.optim.Optimizer] | None = None, lam: float = 0.0,
-                 dataset_size: int = 1, batch_size: int = 1, growth: Growth | None = None, divergence: dict | None = None,
+                 dataset_size: int = 1, batch_size: int = 1, growth: Growth | None = None,
+                 divergence: dict | None = None,
                  steps_per_call: int = 1) -> None:
         super().__init__()
         if not (isinstance(lam, (int, float)) and not isinstance(lam, bool) and lam >= 0 and math.isfinite(lam)):
@@ -275,7 +278,7 @@ class NonparametricModule(pl.LightningModule):
             opt.step()
             group = self.optimizer.param_groups[0]
             if group["lam"] > 0:  # the proximal l2 group shrinkage of every fan-in
-                group_shrink_(self.net.weights, self.step_size * group["lam"] * len(y) / group["dataset_size"])
+                group_shrink_(self.net.weights, shrinkage_threshold(self.step_size, group, len(y)))
         self.step_count += 1
         if self.growth is not None:  # lines 18-24
             removed, added = self.growth.after_step(self.net, self.optimizer, self.step_count, self.steps_per_epoch)
@@ -463,13 +466,8 @@ class NonparametricModule(pl.LightningModule):
                               "time_used": self.time_used()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "model_config" not in checkpoint:
-            raise ValueError("this checkpoint has no 'model_config': it was not written by npnn")
-        state = checkpoint.get("npnn", {})
-        if state.get("format") != self.CHECKPOINT_FORMAT:
-            raise ValueError(f"this checkpoint was written by an older npnn (checkpoint format {state.get('format', 1)}, "
-                             f"this version reads {self.CHECKPOINT_FORMAT}): resume it with the npnn version that "
-                             f"wrote it, or start afresh")
+        check_format(checkpoint)
+        state = checkpoint["npnn"]
         mine, theirs = self.net.config(), checkpoint["model_config"]
         fixed = {k: v for k, v in theirs.items() if k != "hidden_sizes"}
         if {k: v for k, v in mine.items() if k != "hidden_sizes"} != fixed or \

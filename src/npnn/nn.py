@@ -9,7 +9,7 @@ the same class is the parametric baseline of the paper.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -131,7 +131,8 @@ class CapNorm(nn.Module):
     def fan_ins_rescaled(self, old_lengths: Tensor, new_lengths: Tensor) -> None:
         """The fan-ins changed length but not the pre-activations (a dead input was removed):
         keep the running statistics of ``z`` by rescaling those stored per unit of length."""
-        ratio = torch.where(new_lengths > 0, old_lengths / new_lengths.clamp_min(torch.finfo(new_lengths.dtype).tiny), 1.0)
+        ratio = torch.where(new_lengths > 0,
+                            old_lengths / new_lengths.clamp_min(torch.finfo(new_lengths.dtype).tiny), 1.0)
         self.running_mean.mul_(ratio)
         self.running_var.mul_(ratio.square())
 
@@ -233,7 +234,8 @@ class NonparametricMLP(nn.Module):
             for lin in self.linears:
                 lin.weight.copy_(self._random_fan_ins(lin.out_features, lin.in_features, lin.weight, generator))
         # unit ids and records: ids are assigned in order of birth, so records[i] is unit i
-        self._unit_ids = [torch.arange(sum(hidden_sizes[:l]), sum(hidden_sizes[: l + 1])) for l in range(len(hidden_sizes))]
+        self._unit_ids = [torch.arange(sum(hidden_sizes[:l]), sum(hidden_sizes[: l + 1]))
+                          for l in range(len(hidden_sizes))]
         self._records = {"layer": [l for l, h in enumerate(hidden_sizes) for _ in range(h)],
                          "birth": [0] * sum(hidden_sizes), "death": [None] * sum(hidden_sizes)}
 
@@ -267,7 +269,8 @@ class NonparametricMLP(nn.Module):
     def unit_records(self) -> list[dict]:
         """One dict per unit ever created: ``id``, ``layer``, ``birth`` and ``death`` (None if alive) steps."""
         r = self._records
-        return [dict(id=i, layer=l, birth=b, death=d) for i, (l, b, d) in enumerate(zip(r["layer"], r["birth"], r["death"]))]
+        return [dict(id=i, layer=l, birth=b, death=d)
+                for i, (l, b, d) in enumerate(zip(r["layer"], r["birth"], r["death"]))]
 
     @torch.no_grad()
     def unit_lengths(self) -> list[dict[str, Tensor]]:
@@ -391,7 +394,8 @@ class NonparametricMLP(nn.Module):
             if n_dead:
                 dead_ids = self._unit_ids[layer][(~alive).cpu()]
                 keep = alive.nonzero().squeeze(1)
-                self._resize_units(layer, keep, self.linears[layer].weight.new_zeros(0, self.linears[layer].in_features), optimizer)
+                self._resize_units(layer, keep,
+                                   self.linears[layer].weight.new_zeros(0, self.linears[layer].in_features), optimizer)
                 self._unit_ids[layer] = self._unit_ids[layer][keep.cpu()]
                 for i in dead_ids.tolist():
                     self._records["death"][i] = int(step)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -29,7 +29,8 @@ from torch.optim.optimizer import required
 
 from npnn import fused as npnn_fused
 
-__all__ = ["AdaRad", "AdaRadM", "ParametricOptimizer", "group_shrink_", "resize_state", "select_and_extend"]
+__all__ = ["AdaRad", "AdaRadM", "ParametricOptimizer", "group_shrink_", "shrinkage_threshold", "resize_state",
+           "select_and_extend"]
 
 
 def select_and_extend(t: Tensor, dim: int, keep: Tensor | None, new: Tensor | None) -> Tensor:
@@ -67,6 +68,12 @@ def _resize_weight_shaped(state: dict | None, param: Tensor, dim: int, keep: Ten
             shape = list(value.shape)
             shape[dim] = n_new
             state[key] = select_and_extend(value, dim, keep, value.new_zeros(shape))
+
+
+def shrinkage_threshold(step: float, group: dict, batch_size: int | None = None) -> float:
+    """The group shrinkage's threshold tau = step * lambda * |D^t| / |D| (Algorithm 1 line 17, step = alpha_r;
+    the parametric optimizers' proximal step, step = the step size); ``batch_size`` None: the group's."""
+    return step * group["lam"] * (batch_size or group["batch_size"]) / group["dataset_size"]
 
 
 @torch.no_grad()
@@ -296,7 +303,8 @@ class AdaRad(_GlobalMaxima, Optimizer):
         why = ("no gradients" if not params else
                "parameter groups with different hyperparameters" if len(groups) > 1 else
                "non-CPU, non-float32/64, sparse or non-contiguous weights or gradients"
-               if not all(t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
+               if not all(t.device.type == "cpu" and t.dtype == dtype and
+                          t.layout == torch.strided and t.is_contiguous()
                           for p in params for t in (p, p.grad)) or dtype not in npnn_fused.DTYPES else
                None)
         if why is None and not (npnn_fused.active(params[0]) if self.fused is None else npnn_fused.load()):
@@ -309,7 +317,7 @@ class AdaRad(_GlobalMaxima, Optimizer):
         states = [self._init_state(p) for p in params]
         if self.phi_max is None:  # line 2
             self.phi_max, self.c_max = params[0].new_zeros(()), params[0].new_zeros(())
-        tau = group["alpha_r"] * group["lam"] * (batch_size or group["batch_size"]) / group["dataset_size"]
+        tau = shrinkage_threshold(group["alpha_r"], group, batch_size)
         npnn_fused.adarad_step_([p.detach() for p in params], [p.grad for p in params], [s["phibar"] for s in states],
                                 [s["c"] for s in states], self.phi_max, self.c_max, group["alpha_r"],
                                 group["alpha_phi"], group["beta"], group["eps"], tau)
@@ -362,7 +370,7 @@ class AdaRad(_GlobalMaxima, Optimizer):
         theta = scale.mul_(v_len).mul_(group["alpha_phi"])  # rotation angle alpha_phi |phi_adj|, line 16
         radial = torch.rsub(coef, 1.0, alpha=group["alpha_r"])  # line 15: w' = (1 - alpha_r coef) w
         w_len = radial.abs().mul_(w_sq.sqrt())  # |w'|, kept by the rotation
-        tau = group["alpha_r"] * group["lam"] * (batch_size or group["batch_size"]) / group["dataset_size"]
+        tau = shrinkage_threshold(group["alpha_r"], group, batch_size)
         new_len = (w_len - tau).clamp_min_(0.0)  # line 17: group shrinkage, |w| -> max(0, |w| - tau)
         cos, sin = torch.cos(theta), torch.sin(theta)
         # line 16: w'' = cos(theta) w' - sin(theta) |w'| v / |v|  (v orthogonal to w), then shrunk

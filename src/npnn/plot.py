@@ -1,7 +1,7 @@
 """Plot one run: ``python -m npnn.plot RUN_DIR [--out STEM]``.
 
-Reads the run's ``logs/version_*/metrics.csv`` (a resumed run's versions in order; a step
-logged twice keeps its later row) and draws, over Lightning's optimizer steps (training
+Reads the run's ``logs/version_*/metrics.csv`` (:func:`npnn.record.read_metrics`: a resumed run's versions in
+order; a step logged twice keeps its later row) and draws, over Lightning's optimizer steps (training
 time: a rewind does not move them back), the validation and test classification error, the
 train cross-entropy, the hidden sizes, the step size and lambda, with the protocol's phases
 shaded. Writes ``STEM.png`` and ``STEM.pdf`` (default ``RUN_DIR/plots/run``).
@@ -9,39 +9,22 @@ shaded. Writes ``STEM.png`` and ``STEM.pdf`` (default ``RUN_DIR/plots/run``).
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 from pathlib import Path
+
+from npnn.record import PHASES, read_metrics, read_summary
 
 __all__ = ["read_metrics", "phases", "plot_run", "main"]
 
 COLOURS = {"grow": "#d9f0d3", "prune": "#fde0c5", "fit": "#dde8f6", "anneal": "#ece2f0"}
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
-    """The run's metrics rows by step (numbers; empty cells left out)."""
-    versions = sorted(Path(run_dir).glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    if not versions:
-        raise FileNotFoundError(f"{run_dir} has no logs/version_*/metrics.csv: is it a run directory written with "
-                                f"the csv logger (logger=csv, the default)?")
-    by_step: dict[float, dict[str, float]] = {}
-    for path in versions:
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                values = {k: float(v) for k, v in row.items() if v not in ("", None)}
-                step = values.get("step")
-                if step is not None:  # a later version's row replaces an earlier one of the same step
-                    by_step.setdefault(step, {}).update(values)
-    return [by_step[s] for s in sorted(by_step)]
-
-
 def _kind(run_dir: Path) -> str:
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text()).get("model", "nonparametric")
+    summary = read_summary(run_dir)
+    if summary is not None:
+        return summary.get("model", "nonparametric")
     config = run_dir / ".hydra" / "config.yaml"
     if config.is_file():
-        from omegaconf import OmegaConf  # noqa: PLC0415
+        from omegaconf import OmegaConf
 
         return OmegaConf.load(config).model.kind
     return "nonparametric"
@@ -49,9 +32,7 @@ def _kind(run_dir: Path) -> str:
 
 def phases(rows: list[dict[str, float]], kind: str) -> list[tuple[str, float, float]]:
     """``(phase, first step, last step)`` spans from the protocol's ``protocol/phase`` codes."""
-    from npnn.callbacks import RewindProtocol  # noqa: PLC0415
-
-    names, spans = RewindProtocol.PHASES[kind], []
+    names, spans = PHASES[kind], []
     marks = [(r["step"], int(r["protocol/phase"])) for r in rows if "protocol/phase" in r]  # the phase from then on
     ends = [step for step, _ in marks[1:]] + [rows[-1]["step"]] if marks else []
     for (start, code), end in zip(marks, ends):
@@ -65,7 +46,7 @@ def phases(rows: list[dict[str, float]], kind: str) -> list[tuple[str, float, fl
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None):
     """Draw the run and write ``out`` + ``.png`` / ``.pdf``; returns the matplotlib figure."""
-    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.figure import Figure
 
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)

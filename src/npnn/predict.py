@@ -25,7 +25,7 @@ __all__ = ["predict_table", "main"]
 def predict_table(model: TrainedNetwork, path: str | Path, ignore_extra: bool = False):
     """``(predictions, labels)``: a DataFrame of ``prediction`` and ``p(<label>)`` columns for the rows of
     the table at ``path``, and its target column (None where it has none)."""
-    import pandas as pd  # noqa: PLC0415
+    import pandas as pd
 
     frame = read_table(path, "--input")
     frame.columns = [str(c) for c in frame.columns]

@@ -5,7 +5,7 @@ Weights are in torch's layout ``(d_out, d_in)``: a fan-in is a row, a fan-out a 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn

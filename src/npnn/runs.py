@@ -3,7 +3,7 @@ directories that are never overwritten by accident, and resumes that refuse chan
 
 - :class:`AtomicCheckpointIO` writes every checkpoint to a temporary file in its own directory,
   fsyncs it and renames it over the old one (``os.replace``): whatever fails during a save, the
-  previous checkpoint is still there and still loads. :func:`write_atomic` does the same for
+  previous checkpoint is still there and still loads. :func:`npnn.record.write_atomic` does the same for
   ``summary.json`` and ``units.csv``.
 - :class:`StopOnSignal`: on SIGTERM or SIGINT the run finishes its current training step, writes
   ``checkpoints/last.ckpt`` and stops with :class:`RunInterrupted` (``stopped_by: signal``); a
@@ -18,10 +18,8 @@ directories that are never overwritten by accident, and resumes that refuse chan
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
-import pickle
 import signal
 from pathlib import Path
 from typing import Any
@@ -34,25 +32,18 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.trainer.states import TrainerFn
 
+from npnn.callbacks import RewindProtocol, apply_resume_changes, find_callback
+from npnn.checkpoint import CheckpointError, check_format, read_checkpoint
 from npnn.module import TrainingError
+from npnn.record import RESUME_FREE_KEYS, RUN_FILES, UNFINISHED, RecordError, read_summary, save_atomic
 
-__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "CheckpointError", "RunDirError", "SettingConflictError", "RunInterrupted", "StopOnSignal",
-           "ResumeChanges", "RunDirGuard", "write_atomic", "read_checkpoint", "prepare_run_dir", "delete_run", "holds_run",
-           "existing_run", "setting_conflicts", "FINISHED", "UNFINISHED", "lock_run_dir", "unlock_run_dir",
-           "config_changes", "check_resume", "FREE_KEYS", "FIXED_KEYS"]
+__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "CheckpointError", "RunDirError", "SettingConflictError",
+           "RunInterrupted", "StopOnSignal", "ResumeChanges", "RunDirGuard", "read_checkpoint", "prepare_run_dir",
+           "delete_run", "holds_run", "existing_run", "setting_conflicts", "lock_run_dir", "unlock_run_dir",
+           "config_changes", "check_resume", "FIXED_KEYS"]
 
 log = logging.getLogger(__name__)
 
-# what a run writes (glob patterns in its directory): all that holds_run counts and overwrite=true deletes
-RUN_FILES = ("summary.json", "units.csv", "unit_lengths.csv", "data.json", "model.safetensors", "model.json",
-             "checkpoints/*.ckpt", "checkpoints/*.ckpt.tmp", "logs/version_*/metrics.csv",
-             "logs/version_*/hparams.yaml", "tensorboard/version_*/events.out.tfevents.*",
-             "tensorboard/version_*/hparams.yaml", "export/model.*", "plots/run.png", "plots/run.pdf")
-# keys a resume may change without asking: budgets, paths, display
-FREE_KEYS = ("ckpt_path", "data_dir", "overwrite", "resume_existing", "resume_changes", "checkpoint_every_steps", "logger",
-             "callbacks",
-             "sweep_failure_value", "trainer.max_epochs",
-             "trainer.max_steps", "trainer.max_time", "trainer.enable_progress_bar", "trainer.enable_model_summary")
 # keys no resume may change: the data, its order, the network's structure, the algorithm
 FIXED_KEYS = ("seed", "steps_per_call", "dataset.loader", "dataset.source", "dataset.batch_size",
               "dataset.path", "dataset.target", "dataset.features", "dataset.val_path", "dataset.test_path",
@@ -60,10 +51,6 @@ FIXED_KEYS = ("seed", "steps_per_call", "dataset.loader", "dataset.source", "dat
               "dataset.hidden_layers", "model.kind", "model.norm", "model.output_norm", "model.hidden_layers",
               "model.hidden_sizes", "model.start_units", "model.capnorm_eval_stats", "model.norm_momentum",
               "optimizer._target_", "optimizer.algorithm", "optimizer.scale", "protocol._target_")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not belong to this run; the message names the file."""
 
 
 class RunDirError(FileExistsError):
@@ -85,63 +72,6 @@ class RunInterrupted(TrainingError):
 
 
 # ------------------------------------------------------------------- files
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not every platform opens directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _save_atomic(path: str | Path, write) -> None:
-    """``write(f)`` into ``<path>.tmp`` in ``path``'s directory, fsync, rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        log.error("could not write %s (%s); the previous %s is unchanged", path, err, path.name)
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never half of one."""
-    _save_atomic(path, lambda f: f.write(text.encode()))
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU, or fail naming the file and what to do."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"ckpt_path={str(path)!r}: no such file. Point ckpt_path at a run's "
-                              f"checkpoints/last.ckpt, or leave it null to start afresh")
-    try:  # tensors and plain data only: an untrusted file's pickle can never run code here
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path} holds objects other than tensors and plain data, which npnn never writes "
-                              f"({str(err).splitlines()[0][:200]}): it is not an npnn checkpoint, and loading it "
-                              f"could run code, so it is refused. Resume from the run's own checkpoints/last.ckpt, "
-                              f"or start afresh") from None
-    except Exception as err:  # truncated (EOFError, RuntimeError from the zip reader), empty, not a checkpoint
-        raise CheckpointError(f"cannot read the checkpoint {path} ({path.stat().st_size} bytes): "
-                              f"{type(err).__name__}: {err}. It is truncated or not a checkpoint; resume from "
-                              f"another copy, or start afresh without ckpt_path") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
-    return checkpoint
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO with saves that cannot destroy the previous checkpoint.
 
@@ -155,7 +85,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"AtomicCheckpointIO.save_checkpoint takes no storage_options, got {storage_options!r}")
         buffer = io.BytesIO()  # serialised first: a failed write is then a plain OSError
         torch.save(checkpoint, buffer)
-        _save_atomic(path, lambda f: f.write(buffer.getbuffer()))
+        save_atomic(path, lambda f: f.write(buffer.getbuffer()))
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return read_checkpoint(path)  # onto the CPU; Lightning moves the state to the run's device
@@ -181,7 +111,7 @@ def lock_run_dir(run_dir: str | Path) -> bool:
     if path in _LOCKS:
         return False
     try:
-        import fcntl  # noqa: PLC0415
+        import fcntl
     except ImportError:  # not POSIX: no lock
         return False
     fd = os.open(path, os.O_RDONLY)
@@ -224,10 +154,6 @@ def prepare_run_dir(run_dir: str | Path, ckpt_path: str | None = None, overwrite
     return [run_dir / name for name in found]
 
 
-FINISHED = ("protocol", "budget", "early_stopping")  # how a run that ran to its end stopped (summary.json's stopped_by)
-UNFINISHED = ("signal", "time")  # stopped from outside: a relaunch resumes it
-
-
 def is_relaunch(resume_existing: Any, overwrite: Any, ckpt_path: Any) -> bool:
     """Whether a launch is a relaunch that looks for an earlier run in its directory (``resume_existing=true``,
     neither ``overwrite=true`` nor a ``ckpt_path`` of its own): :func:`existing_run` says what it finds."""
@@ -239,17 +165,12 @@ def existing_run(run_dir: str | Path) -> dict | Path | None:
     itself (``FINISHED``, or a failure such as ``diverged``), else the checkpoint to resume (a run stopped by
     a signal or ``trainer.max_time``, or killed), else None (start afresh)."""
     run_dir = Path(run_dir)
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        try:
-            found = json.loads(summary.read_text())
-            found.get("stopped_by")
-        except (ValueError, AttributeError) as err:
-            raise RunDirError(f"{summary} is damaged ({type(err).__name__}: {err}), so it cannot say whether the run "
-                              f"ended: delete it (a relaunch then resumes checkpoints/last.ckpt, or starts afresh), "
-                              f"or replace the run with overwrite=true") from None
-        if found.get("stopped_by") not in UNFINISHED:
-            return found
+    try:
+        found = read_summary(run_dir)
+    except RecordError as err:
+        raise RunDirError(f"{err}; it cannot say whether the run ended") from None
+    if found is not None and found.get("stopped_by") not in UNFINISHED:
+        return found
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     return ckpt if ckpt.is_file() else None
 
@@ -309,6 +230,9 @@ class RunDirGuard(HydraCallback):
             except CheckpointError as err:
                 raise SystemExit(f"npnn: error: {err}") from None
 
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        unlock_run_dir(config.hydra.run.dir)  # also where the run ended before training (skipped, refused)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
         try:
@@ -365,21 +289,15 @@ def run_config(cfg: DictConfig) -> dict:
 
 def setting_changes(stored: dict, cfg: DictConfig) -> dict[str, tuple[Any, Any]]:
     """``{key: (stored, now)}`` for each key whose value ``cfg`` changes from the stored run config's, budgets,
-    paths and display aside (``FREE_KEYS``)."""
-    return {k: v for k, v in config_changes(stored, run_config(cfg)).items() if not _under(k, FREE_KEYS)}
+    paths and display aside (``npnn.record.RESUME_FREE_KEYS``)."""
+    return {k: v for k, v in config_changes(stored, run_config(cfg)).items() if not _under(k, RESUME_FREE_KEYS)}
 
 
 def check_resume(checkpoint: dict, cfg: DictConfig, path: str | Path,
                  quiet: bool = False) -> dict[str, tuple[Any, Any]]:
     """Compare the run's config with the checkpoint's; return the accepted changes (``resume_changes``),
     or raise naming every refused key with both values. ``quiet``: no warnings (a first check)."""
-    from npnn.module import NonparametricModule  # noqa: PLC0415
-
-    found = checkpoint.get("npnn", {}).get("format", 1)
-    if found != NonparametricModule.CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} was written by an older npnn (checkpoint format {found}; this version reads "
-                              f"{NonparametricModule.CHECKPOINT_FORMAT}): resume it with the npnn version that wrote "
-                              f"it, or start afresh without ckpt_path")
+    check_format(checkpoint, path)
     stored = checkpoint.get("npnn_config")
     if stored is None:
         if not quiet:
@@ -428,26 +346,9 @@ class ResumeChanges(pl.Callback):
     def on_train_start(self, trainer, module) -> None:
         if not self.changes:
             return
-        from npnn.callbacks import RewindProtocol
-
         old = OmegaConf.to_container(OmegaConf.create(self.stored), resolve=True)
         new = OmegaConf.to_container(OmegaConf.create(self.config), resolve=True)
-        protocol = next((cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol)), None)
-        keep = set()  # what the protocol set stays, unless its own key changed
-        if old["optimizer"].get(module.step_size_key) == new["optimizer"].get(module.step_size_key):
-            keep.add(module.step_size_key)
-        if old["lambda"] == new["lambda"]:
-            keep.add("lam")
-        elif protocol is not None and protocol.kind == "nonparametric" and protocol.phase in ("fit", "anneal"):
-            keep.add("lam")
-            log.warning("resume: lambda stays 0, as the protocol sets it after its prune stage; the new lambda "
-                        "%s acts through alpha_r = alpha_r_lambda / lambda only", new["lambda"])
-        for group, fresh in zip(module.optimizer.param_groups, module.configured_hparams):
-            group.update({k: v for k, v in fresh.items() if k not in keep})  # e.g. alpha_r, beta
-        if old["model"].get("growth") != new["model"].get("growth") and module.growth is not None:
-            until = new["model"]["growth"].get("until")  # e.g. a later growth.until
-            module.growth.enabled = (protocol is None or protocol.phase == "grow") and \
-                (until is None or module.step_count < round(until * module.steps_per_epoch))
+        apply_resume_changes(module, old, new, find_callback(trainer, RewindProtocol))
         self.applied = dict(self.changes)
 
 

@@ -14,8 +14,9 @@ import math
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,11 +79,11 @@ class NonparametricClassifier(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
 
     # ---------------------------------------------------------------- fit
-    def fit(self, X, y, eval_set: tuple[Any, Any] | None = None) -> "NonparametricClassifier":
+    def fit(self, X, y, eval_set: tuple[Any, Any] | None = None) -> NonparametricClassifier:
         """Train on ``X``, ``y``; validate on ``eval_set=(X_val, y_val)`` or a stratified ``validation_fraction``."""
-        from npnn.config import compose  # noqa: PLC0415  (Hydra and Lightning: only when training)
-        from npnn.data.tabular import make_splits  # noqa: PLC0415
-        from npnn.train import run  # noqa: PLC0415
+        from npnn.config import compose
+        from npnn.data.tabular import make_splits
+        from npnn.train import run
 
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
@@ -203,7 +204,7 @@ class NonparametricClassifier(ClassifierMixin, BaseEstimator):
 @contextlib.contextmanager
 def _own_random_state():
     """The run seeds Python's, NumPy's and torch's global generators (``seed_everything``): give them back."""
-    import random  # noqa: PLC0415
+    import random
 
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
@@ -221,7 +222,7 @@ def _majority_error(y: np.ndarray) -> float:
 
 def _history(run_dir: Path) -> dict[str, list]:
     """Epoch, hidden sizes and validation error at each validation, from the run's ``metrics.csv``."""
-    import pandas as pd  # noqa: PLC0415
+    import pandas as pd
 
     files = sorted(run_dir.glob("logs/version_*/metrics.csv"))
     if not files:

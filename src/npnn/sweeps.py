@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import shlex
 import statistics
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from npnn.runs import FINISHED, UNFINISHED
+from npnn.record import FINISHED, is_run_independent, read_summary, run_state
 
 __all__ = ["gather", "write_table", "setting", "representatives", "best_settings", "pick_config", "write_picks",
            "grid_table", "sweep_size", "progress", "draws", "SweepProgress", "COLUMNS"]
@@ -42,17 +42,16 @@ def _overrides(run_dir: Path) -> list[str]:
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return []
-    from omegaconf import OmegaConf  # noqa: PLC0415
+    from omegaconf import OmegaConf
 
     return [str(o) for o in OmegaConf.load(path)]
 
 
 def setting(overrides: Iterable[str]) -> str:
-    """A run's setting: its overrides but the seed (and paths and display, which do not change a run)."""
-    ignored = ("seed=", "data_dir=", "hydra.", "trainer.enable_progress_bar=", "logger=", "ckpt_path=",
-               "resume_existing=", "overwrite=", "trainer.max_time=", "checkpoint_every_steps=",
-               "sweep_failure_value=")  # + exclude_keys
-    return ",".join(sorted(o for o in overrides if not o.lstrip("+~").startswith(ignored)))
+    """A run's setting: its overrides but the seed and the keys that do not define a run
+    (:data:`npnn.record.RUN_INDEPENDENT_KEYS`: paths, display, ...)."""
+    return ",".join(sorted(o for o in overrides
+                           if not o.lstrip("+~").startswith("seed=") and not is_run_independent(o)))
 
 
 def gather(dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -60,10 +59,10 @@ def gather(dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
     rows = []
     for top in dirs:
         for path in sorted(Path(top).rglob("summary.json")):
-            summary = json.loads(path.read_text())
+            summary = read_summary(path.parent)
             row = {key: summary.get(key) for key in COLUMNS}
             row["run_dir"] = str(path.parent)
-            row["setting"] = setting(summary.get("overrides") or _overrides(path.parent))  # .hydra/: older runs
+            row["setting"] = setting(summary.get("overrides") or _overrides(path.parent))  # else .hydra/overrides.yaml
             row["hidden_sizes"] = "-".join(map(str, summary.get("hidden_sizes") or []))
             rows.append(row)
     return rows
@@ -120,12 +119,13 @@ def pick_config(overrides: Iterable[str], hidden_sizes: list[int] | None = None,
     defaults-list override, a value a key. The seed, the sweep config (``hparams_search``), the random
     search's draws (``random_search.*``) and what :func:`setting` ignores are left out; ``hidden_sizes``
     (a parametric run's) is written as ``model.hidden_sizes``."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
-    from omegaconf import OmegaConf  # noqa: PLC0415
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
 
-    from npnn.config import CONF_DIR  # noqa: PLC0415
+    from npnn.config import CONF_DIR
 
-    kept = [o for o in overrides if setting([o]) and not o.lstrip("+").startswith(("hparams_search=", "random_search."))]
+    kept = [o for o in overrides
+            if setting([o]) and not o.lstrip("+").startswith(("hparams_search=", "random_search."))]
     groups, values = [], OmegaConf.create({})
     for override in OverridesParser.create().parse_overrides(kept):
         key = override.key_or_group
@@ -198,7 +198,7 @@ def grid_table(rows: list[dict[str, Any]], key: str, value: str = "val_error") -
 
 def sweep_size(overrides: Iterable[str]) -> int | None:
     """The number of runs a grid of Hydra overrides makes (``a=1,2 b=range(3)``: 6); None if it has no end."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     last = {o.split("=", 1)[0].lstrip("+~"): o for o in overrides}  # a key given twice: the last one counts
     size = 1
@@ -225,16 +225,17 @@ def draws(overrides: Iterable[str], n: int) -> list[tuple[str, tuple[str, ...]]]
     way. Each trial's overrides are the drawn ones, the fixed ones, the command line's ``hydra`` overrides and
     ``hydra.job.num``. A sampler without a seed, or one that learns from results (TPE), draws otherwise:
     refused."""
-    import optuna  # noqa: PLC0415
-    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
-    from hydra.utils import instantiate  # noqa: PLC0415
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides  # noqa: PLC0415
+    import optuna
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.utils import instantiate
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
-    from npnn.config import compose  # noqa: PLC0415
+    from npnn.config import compose
 
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     task = [o.input_line for o in parsed if not o.is_hydra_override()]  # the sweeper's `arguments`
-    hydra = [o.input_line for o in parsed if o.is_hydra_override() and o.key_or_group not in ("hydra.mode", "hydra.run.dir")]
+    hydra = [o.input_line for o in parsed
+             if o.is_hydra_override() and o.key_or_group not in ("hydra.mode", "hydra.run.dir")]
     if not any(o.key_or_group == "hydra.sweep.dir" for o in parsed):
         raise ValueError("give the search's hydra.sweep.dir=...: the trials run in its trial directories, where "
                          "the search launched again finds them")
@@ -269,10 +270,7 @@ def progress(sweep_dir: str | Path) -> dict[str, int]:
     and ``running`` (started, no summary yet, or stopped from outside by a signal or time limit: it resumes)."""
     counts = {"finished": 0, "failed": 0, "running": 0}
     for run_dir in (p for p in Path(sweep_dir).iterdir() if p.is_dir() and (p / ".hydra").is_dir()):
-        summary = run_dir / "summary.json"
-        stopped_by = json.loads(summary.read_text()).get("stopped_by") if summary.is_file() else None
-        counts["finished" if stopped_by in FINISHED else
-               "running" if stopped_by is None or stopped_by in UNFINISHED else "failed"] += 1
+        counts[run_state(read_summary(run_dir))] += 1
     return counts
 
 
@@ -287,8 +285,8 @@ class SweepProgress(_HydraCallback):
     with the sweep's runs finished, failed and running, of how many."""
 
     def on_job_end(self, config, job_return=None, **kwargs: Any) -> None:
-        from hydra.types import RunMode  # noqa: PLC0415
-        from omegaconf import OmegaConf  # noqa: PLC0415
+        from hydra.types import RunMode
+        from omegaconf import OmegaConf
 
         if config.hydra.mode != RunMode.MULTIRUN:
             return
@@ -321,17 +319,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="write the table as CSV here")
     parser.add_argument("--top", type=int, default=10, help="parametric settings to list (and to write)")
     parser.add_argument("--grid", metavar="KEY", default=None,
-                        help="print a Markdown table of the grid over KEY (e.g. optimizer.alpha): median VCE per setting")
+                        help="print a Markdown table of the grid over KEY (e.g. optimizer.alpha): "
+                             "median VCE per setting")
     parser.add_argument("--value", default="val_error", choices=["val_error", "best_val_error"],
                         help="the VCE of --grid: the final network's (default) or the lowest seen at a validation")
     parser.add_argument("--representative-sizes", action="store_true",
                         help="print only the representatives' hidden sizes, one per line (a,b,...), by weight count")
     parser.add_argument("--write-picks", metavar="DIR", default=None,
-                        help="write the --top parametric settings as DIR/pick/top01.yaml ... for hparams_search=p_seeds")
+                        help="write the --top parametric settings as DIR/pick/top01.yaml ... "
+                             "for hparams_search=p_seeds")
     args = parser.parse_args(argv)
     if args.draws is not None:
-        from hydra.errors import HydraException  # noqa: PLC0415
-        from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
 
         if args.draws < 1 or args.out or args.grid or args.write_picks or args.representative_sizes:
             parser.error("--draws N takes N >= 1 and a search's overrides, and none of the table's options")
@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         write_table(rows, args.out)
     if args.representative_sizes:  # for scripts: python train.py ... model.hidden_sizes=[<a line>]
-        picks = sorted((run for run, _ in representatives(rows).values()), key=lambda r: (float(r["weights"]), r["run_dir"]))
+        picks = sorted((run for run, _ in representatives(rows).values()),
+                       key=lambda r: (float(r["weights"]), r["run_dir"]))
         if not picks:
             parser.exit(1, f"{parser.prog}: no finished nonparametric run under {', '.join(args.dirs)}\n")
         print("\n".join(r["hidden_sizes"].replace("-", ",") for r in picks))

@@ -25,8 +25,9 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -40,11 +41,11 @@ VALIDATION_FRACTION = 0.2  # NonparametricClassifier's default: the grid picks o
 def load(name: str) -> tuple[np.ndarray, np.ndarray]:
     """``(X, y)`` of a data set that ships with an installed package."""
     if name == "poker":
-        from npnn.data.poker import load_poker  # noqa: PLC0415
+        from npnn.data.poker import load_poker
 
         splits = load_poker(standardize_features=False, split=(100_000, 1, 1))  # the first 100,000 hands
         return splits.x_train.double().numpy(), splits.y_train.numpy()
-    import sklearn.datasets  # noqa: PLC0415
+    import sklearn.datasets
 
     loaders = {"digits": sklearn.datasets.load_digits, "breast_cancer": sklearn.datasets.load_breast_cancer,
                "wine": sklearn.datasets.load_wine}
@@ -60,9 +61,9 @@ def _timed(fit: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _mlp(hidden: tuple[int, ...] | None, seed: int):
-    from sklearn.neural_network import MLPClassifier  # noqa: PLC0415
-    from sklearn.pipeline import make_pipeline  # noqa: PLC0415
-    from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     mlp = MLPClassifier(random_state=seed) if hidden is None else MLPClassifier(hidden, random_state=seed)
     return make_pipeline(StandardScaler(), mlp)
@@ -70,16 +71,16 @@ def _mlp(hidden: tuple[int, ...] | None, seed: int):
 
 def compare(name: str, seed: int) -> list[dict[str, Any]]:
     """Every method's record on one split of ``name``."""
-    import warnings  # noqa: PLC0415
+    import warnings
 
-    from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: PLC0415
-    from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
-    from sklearn.model_selection import train_test_split  # noqa: PLC0415
-    from sklearn.pipeline import make_pipeline  # noqa: PLC0415
-    from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    from npnn.sklearn import NonparametricClassifier  # noqa: PLC0415
+    from npnn.sklearn import NonparametricClassifier
 
     X, y = load(name)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=seed, stratify=y)
@@ -135,8 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", default=None, help="write <out>.md and <out>.json (e.g. docs/tabular)")
     args = parser.parse_args(argv)
-    import torch  # noqa: PLC0415
-    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
     out = Path(args.out) if args.out else None

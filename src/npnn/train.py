@@ -15,8 +15,9 @@ import os
 import platform
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -30,17 +31,34 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from pytorch_lightning.plugins.environments import LightningEnvironment, SLURMEnvironment
 
 from npnn import fused as npnn_fused
-from npnn.callbacks import RewindProtocol, RunProgressBar, UnitLogger
-from npnn.data import InMemoryDataModule, Splits
+from npnn.callbacks import RewindProtocol, RunProgressBar, UnitLogger, find_callback
+from npnn.checkpoint import CheckpointError, read_checkpoint
+from npnn.data import Splits
+from npnn.data.datamodule import InMemoryDataModule
 from npnn.data.download import DataUnavailableError
 from npnn.data.tabular import AUTO_KEYS, DataError, auto_lambda, auto_settings
 from npnn.module import Growth, NonparametricModule, TrainingError
 from npnn.nn import GROWABLE_NORMS
 from npnn.optim import ParametricOptimizer
+from npnn.record import FINISHED, MODEL_SUMMARY_FIELDS, write_atomic, write_summary
+from npnn.runs import (
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    ResumeChanges,
+    RunInterrupted,
+    SettingConflictError,
+    StopOnSignal,
+    check_resume,
+    delete_run,
+    existing_run,
+    is_relaunch,
+    lock_run_dir,
+    prepare_run_dir,
+    run_config,
+    setting_conflicts,
+    unlock_run_dir,
+)
 from npnn.trained import MODEL_FILE, MODEL_JSON, save_model
-from npnn.runs import (FINISHED, AtomicCheckpointIO, CheckpointError, LastCheckpoint, ResumeChanges, RunInterrupted,
-                       lock_run_dir, unlock_run_dir, SettingConflictError, StopOnSignal, check_resume, delete_run,
-                       existing_run, is_relaunch, prepare_run_dir, read_checkpoint, run_config, setting_conflicts, write_atomic)
 
 __all__ = ["main", "run", "build", "validate_config", "steps_per_call", "ConfigError", "final_errors", "load_data",
            "resolve_auto"]
@@ -51,7 +69,6 @@ KNOWN_KEYS = {"seed", "lambda", "ckpt_path", "resume_changes", "overwrite", "res
               "data_dir", "checkpoint_every_steps", "steps_per_call", "unit_lengths_every", "divergence", "dataset",
               "model", "optimizer", "protocol", "logger", "callbacks", "trainer", "hydra",
               "random_search"}  # conf/config.yaml's, and hparams_search=p_random's node
-MODEL_SUMMARY_KEYS = ("hidden_sizes", "val_error", "test_error", "epochs", "stopped_by", "lambda", "seed")
 
 
 class ConfigError(ValueError):
@@ -92,7 +109,8 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"model.kind must be one of {MODEL_KINDS}, got {model.kind!r}")
     if model.kind == "nonparametric":
         if model.norm not in GROWABLE_NORMS:
-            raise ConfigError(f"model.norm={model.norm!r} cannot grow: a nonparametric model needs one of {GROWABLE_NORMS}")
+            raise ConfigError(f"model.norm={model.norm!r} cannot grow: "
+                              f"a nonparametric model needs one of {GROWABLE_NORMS}")
         if cfg.optimizer.get("algorithm") in ParametricOptimizer.NORMALISED:  # one bias weight per parameter
             raise ConfigError(f"optimizer={cfg.optimizer.algorithm} normalises with one running average per weight "
                               f"and cannot start new units fairly: a growing network needs optimizer=adarad (the "
@@ -113,7 +131,8 @@ def validate_config(cfg: DictConfig) -> None:
                               f"e.g. model.hidden_sizes=[23,24,15,4]; got {sizes!r}")
     for key in ("max_epochs", "max_steps"):  # Lightning would train nothing (0) or fail an assert (0.5)
         budget = cfg.trainer.get(key)
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or not (budget == -1 or budget >= 1)):
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or
+                                   not (budget == -1 or budget >= 1)):
             raise ConfigError(f"trainer.{key} must be -1 (no limit: the protocol ends the run) or an integer >= 1, "
                               f"got {budget!r}")
     precision = str(cfg.trainer.get("precision") or "32")
@@ -490,7 +509,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, splits: Splits, overwrite: bool,
         logger.log_hyperparams(resolved_config(cfg, derived))
     if isinstance(trainer.accelerator, CPUAccelerator):  # the kernels' first build, while a signal still stops it
         npnn_fused.load()
-    stop = next(cb for cb in trainer.callbacks if isinstance(cb, StopOnSignal))
+    stop = find_callback(trainer, StopOnSignal)
     # from before fit (a signal during start-up also ends in a checkpoint after the first step) to the end: one
     # after training ends waits for summary.json, then stops the process all the same (RunInterrupted)
     stop.install()
@@ -529,8 +548,8 @@ def _fit_and_record(cfg: DictConfig, run_dir: Path, trainer: pl.Trainer, module:
         except TrainingError as err:
             failure = err
             log.error("run %s: %s", run_dir, err)
-    protocol = next((cb for cb in trainer.callbacks if isinstance(cb, RewindProtocol)), None)
-    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)  # trainer.max_time
+    protocol = find_callback(trainer, RewindProtocol)
+    timer = find_callback(trainer, Timer)  # trainer.max_time
     early = any(isinstance(cb, EarlyStopping) and (str(getattr(cb, "stopping_reason", "")).split(".")[-1]
                                                   not in ("", "NOT_STOPPED") or cb.stopped_epoch > 0)
                 for cb in trainer.callbacks)
@@ -538,7 +557,8 @@ def _fit_and_record(cfg: DictConfig, run_dir: Path, trainer: pl.Trainer, module:
         "protocol" if protocol is not None and protocol.done else "early_stopping" if early else \
         "time" if timer is not None and timer.time_remaining() <= 0 else "budget"
     summary = {
-        "dataset": s.name, "lambda": derived.get("lambda", cfg["lambda"]), "seed": cfg.seed, "model": cfg.model.kind, "norm": cfg.model.norm,
+        "dataset": s.name, "lambda": derived.get("lambda", cfg["lambda"]), "seed": cfg.seed,
+        "model": cfg.model.kind, "norm": cfg.model.norm,
         "optimizer": cfg.optimizer.get("algorithm") or cfg.optimizer._target_.rsplit(".", 1)[-1],
         "step_size": module.configured_hparams[0][module.step_size_key],
         "hidden_sizes": module.net.hidden_sizes, "weights": module.net.num_weights(),
@@ -562,7 +582,7 @@ def _fit_and_record(cfg: DictConfig, run_dir: Path, trainer: pl.Trainer, module:
     if launched_by_hydra:  # the run's own setting (.hydra/ holds the last launch that trained here)
         summary["overrides"] = list(HydraConfig.get().overrides.task)
     if cfg.get("ckpt_path") is not None:
-        resume = next(cb for cb in trainer.callbacks if isinstance(cb, ResumeChanges))
+        resume = find_callback(trainer, ResumeChanges)
         if resume.changes and not resume.applied:  # Lightning skips training (and on_train_start) when it is done
             log.warning("resume: the checkpoint had spent this run's budget, so nothing trained and resume_changes "
                         "had no effect (%s); raise trainer.max_epochs or max_steps to train on",
@@ -579,23 +599,23 @@ def _fit_and_record(cfg: DictConfig, run_dir: Path, trainer: pl.Trainer, module:
     # the final network for use (npnn.load, python -m npnn.export / predict), before summary.json marks the end;
     # a run that failed or was stopped has none (an earlier end's is removed: it is not this run's network)
     if failure is None:
-        info = {"dataset": s.name, "target": cfg.dataset.get("target"), **{k: summary[k] for k in MODEL_SUMMARY_KEYS},
+        info = {"dataset": s.name, "target": cfg.dataset.get("target"), **{k: summary[k] for k in MODEL_SUMMARY_FIELDS},
                 "config": summary["config"], "auto_settings": derived}
         save_model(run_dir, module.net, classes=s.classes, feature_names=model_feature_names(cfg, s),
                    mean=s.feature_mean, std=s.feature_std, info=info)
     else:
         for name in (MODEL_FILE, MODEL_JSON):
             (run_dir / name).unlink(missing_ok=True)
-    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    write_summary(run_dir, summary)
     for logger in trainer.loggers:  # the final network in hparams.yaml; W&B: summary.json as the run's summary
-        logger.log_hyperparams({"final": {k: summary[k] for k in MODEL_SUMMARY_KEYS}})
+        logger.log_hyperparams({"final": {k: summary[k] for k in MODEL_SUMMARY_FIELDS}})
         logger.save()
         experiment = getattr(logger, "experiment", None)
         if hasattr(experiment, "summary"):
             experiment.summary.update(json.loads(json.dumps(summary, default=str)))
     image_loggers = [lg for lg in trainer.loggers if hasattr(lg, "log_image")]  # W&B: the run's plot as an image
     if image_loggers and any(run_dir.glob("logs/version_*/metrics.csv")):
-        from npnn.plot import plot_run  # noqa: PLC0415
+        from npnn.plot import plot_run
 
         try:
             plot_run(run_dir)
@@ -611,7 +631,5 @@ def _fit_and_record(cfg: DictConfig, run_dir: Path, trainer: pl.Trainer, module:
     return summary
 
 
-if __name__ == "__main__":  # python -m npnn.train: the app, as python -m npnn
-    from npnn.app import main as app
-
-    app()
+if __name__ == "__main__":
+    raise SystemExit("npnn.train is the training library; the app is python -m npnn (or npnn-train, or train.py)")

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,9 +44,9 @@ def save_model(run_dir: str | Path, net: NonparametricMLP, *, classes: Sequence[
     none; ``classes``: the label of each class index (default ``0 .. K-1``); ``info``: more of the run's record
     (errors, config), stored as it is.
     """
-    from safetensors.torch import save_file  # noqa: PLC0415
+    from safetensors.torch import save_file
 
-    from npnn.runs import write_atomic  # noqa: PLC0415
+    from npnn.record import write_atomic
 
     run_dir = Path(run_dir)
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items() if isinstance(v, Tensor)}
@@ -163,8 +164,8 @@ def _model_paths(path: str | Path) -> tuple[Path, Path]:
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> TrainedNetwork:
     """The trained network of a run directory, or of its ``model.safetensors`` / ``model.json``."""
-    from safetensors import SafetensorError  # noqa: PLC0415
-    from safetensors.torch import load_file  # noqa: PLC0415
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
     weights, record_file = _model_paths(path)
     try:

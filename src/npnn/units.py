@@ -14,39 +14,12 @@ included (section 4.2: output fan-ins of length 3.5-4.5; CapNorm caps ``sigma`` 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import statistics
 from pathlib import Path
 
+from npnn.record import read_units, steps_per_epoch
+
 __all__ = ["read_units", "layer_stats", "steps_per_epoch", "deaths_per_epoch", "layer_lengths"]
-
-
-def steps_per_epoch(run_dir: Path) -> float:
-    """Optimizer steps per epoch of a run, from ``summary.json`` or the first row of ``unit_lengths.csv``."""
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        value = json.loads(summary.read_text()).get("steps_per_epoch")
-        if value:
-            return float(value)
-    lengths = run_dir / "unit_lengths.csv"
-    if lengths.exists():
-        with lengths.open() as f:
-            for row in csv.DictReader(f):
-                if float(row["epoch"]) > 0:
-                    return int(row["step"]) / float(row["epoch"])
-    raise FileNotFoundError(f"{run_dir}: neither summary.json with steps_per_epoch nor unit_lengths.csv with a row "
-                            f"after step 0: is this an npnn run directory?")
-
-
-def read_units(run_dir: str | Path) -> list[dict]:
-    """The run's ``units.csv``: per unit its ``id``, ``layer``, ``birth`` step and ``death`` step (None: alive)."""
-    path = Path(run_dir) / "units.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: units.csv is written at every validation of an npnn run")
-    with path.open() as f:
-        return [{"id": int(r["id"]), "layer": int(r["layer"]), "birth": int(r["birth"]),
-                 "death": int(r["death"]) if r["death"] else None} for r in csv.DictReader(f)]
 
 
 def layer_stats(run_dir: str | Path) -> list[dict]:
@@ -64,7 +37,8 @@ def layer_stats(run_dir: str | Path) -> list[dict]:
             quartiles = lives * 3 or [float("nan")] * 3
         deaths = [r["death"] / per_epoch for r in units if r["death"] is not None]
         stats.append({"layer": layer, "units": len(units), "alive": sum(1 for r in units if r["death"] is None),
-                      "eliminated": len(lives), "first_elimination": min(deaths, default=float("nan")), "life_q1": quartiles[0], "life_median": quartiles[1],
+                      "eliminated": len(lives), "first_elimination": min(deaths, default=float("nan")),
+                      "life_q1": quartiles[0], "life_median": quartiles[1],
                       "life_q3": quartiles[2]})
     return stats
 
@@ -86,9 +60,9 @@ def layer_lengths(run_dir: str | Path, n: int = 10_000) -> list[dict]:
     import torch
     from omegaconf import OmegaConf
 
+    from npnn.checkpoint import read_checkpoint
     from npnn.data import load_recorded
     from npnn.nn import CapNorm, NonparametricMLP
-    from npnn.runs import read_checkpoint
 
     run_dir = Path(run_dir)
     checkpoint = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")

@@ -4,13 +4,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from npnn.data.loaders import InMemoryDataModule, PermutationBatches, SequentialBatches, Splits
+from npnn.data.loaders import PermutationBatches, SequentialBatches, Splits
 
 __all__ = ["InMemoryDataModule", "PermutationBatches", "SequentialBatches", "Splits", "LOADERS", "load_recorded"]
 
 # npnn's own loaders: the only code an analysis of a run directory calls for its data
 LOADERS = ("npnn.data.poker.load_poker", "npnn.data.mnist.load_mnist", "npnn.data.amat.load_amat",
            "npnn.data.synthetic.load_synthetic", "npnn.data.tabular.load_csv", "npnn.data.tabular.load_tensors")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "InMemoryDataModule":  # Lightning's: imported only where a run is built
+        from npnn.data.datamodule import InMemoryDataModule
+
+        return InMemoryDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_recorded(loader: dict[str, Any], where: str = "the run's dataset.loader") -> Splits:

@@ -77,7 +77,8 @@ def load_amat(name: str, data_dir: str | Path = "data", seed: int = 0, pixels: s
         torch.save((x, y, x_test, y_test), part)
         part.replace(cache)
     if not 0 < n_train < len(y):
-        raise ValueError(f"{name}: {train_member} has {len(y)} rows, too few for {n_train} training rows and a validation split")
+        raise ValueError(f"{name}: {train_member} has {len(y)} rows, too few for {n_train} training rows "
+                         "and a validation split")
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(int(seed)))
     train, val = perm[:n_train], perm[n_train:]
     splits = Splits(x[train], y[train], x[val], y[val], x_test, y_test, num_classes=2, name=name)

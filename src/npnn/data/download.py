@@ -70,5 +70,6 @@ def fetch(urls: list[str], path: str | Path, algorithm: str, expected: str, time
         os.replace(fresh, path)
         return path
     detail = "\n  ".join(problems)
-    raise (ChecksumError if mismatch else DataUnavailableError)(f"{path.name} is not available:\n  {detail}\nDownload it from {urls[0]} on a machine with a "
+    raise (ChecksumError if mismatch else DataUnavailableError)(f"{path.name} is not available:\n  {detail}\n"
+                f"Download it from {urls[0]} on a machine with a "
                 f"network and put it at {path} ({algorithm} {expected}), or point data_dir at a folder that has it.")

@@ -149,6 +149,7 @@ def load_poker(source: str = "generated", standardize_features: bool = True,
         x, y = x[order], y[order]
     a, b = n_train, n_train + n_val
     c = b + n_test
-    splits = Splits(x[:a], y[:a], x[a:b], y[a:b], x[b:c], y[b:c], num_classes=10 if source == "generated" and not binary else 2,
+    splits = Splits(x[:a], y[:a], x[a:b], y[a:b], x[b:c], y[b:c],
+                    num_classes=10 if source == "generated" and not binary else 2,
                     name="poker")
     return standardize(splits) if standardize_features else splits

@@ -14,8 +14,9 @@ from the number of training rows, for data nobody has tuned them for (README, Yo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ class DataError(ValueError):
 # ------------------------------------------------------------------ reading
 def read_table(path: str | Path, what: str = "dataset.path"):
     """A pandas DataFrame from a CSV (pandas' C reader; pyarrow's where installed) or Parquet file."""
-    import pandas as pd  # noqa: PLC0415
+    import pandas as pd
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -47,7 +48,7 @@ def read_table(path: str | Path, what: str = "dataset.path"):
                                 f"pip install pyarrow, or save the table as CSV") from None
         sep = "\t" if path.suffix.lower() == ".tsv" else ","
         try:
-            import pyarrow  # noqa: F401, PLC0415
+            import pyarrow  # noqa: F401
 
             return pd.read_csv(path, sep=sep, engine="pyarrow")
         except ImportError:
@@ -87,7 +88,7 @@ def _names(columns: list[str], limit: int = 12) -> str:
 
 def _numeric(x_frame, path: Path, what: str) -> np.ndarray:
     """The feature columns as float64, or a :class:`DataError` naming the first non-numeric column."""
-    import pandas as pd  # noqa: PLC0415
+    import pandas as pd
 
     for column in x_frame.columns:
         series = x_frame[column]
@@ -168,7 +169,8 @@ def make_splits(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | No
                             f"in every file") from None
         unknown = y[labels[index] != y] if len(y) else y
         if len(unknown):
-            raise DataError(f"{where}: the {split} rows hold class(es) {sorted({_plain(v) for v in unknown}, key=str)[:5]} "
+            raise DataError(f"{where}: the {split} rows hold class(es) "
+                            f"{sorted({_plain(v) for v in unknown}, key=str)[:5]} "
                             f"that the training rows do not have: a classifier cannot learn them; add such rows to "
                             f"the training data")
         encoded.append(torch.from_numpy(index.astype(np.int64)))

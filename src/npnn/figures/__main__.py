@@ -1,0 +1,3 @@
+from npnn.figures import main
+
+main()

@@ -1,0 +1,36 @@
+"""What the figure and table modules share: saving a figure, reading a run's summary and config."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from npnn.record import read_summary
+
+__all__ = ["save", "summary", "hydra_config", "pct"]
+
+
+def save(fig, stem: Path) -> list[Path]:
+    """Write ``fig`` as ``stem.png`` and ``stem.pdf``."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(suffix) for suffix in (".png", ".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=110)
+    return paths
+
+
+def summary(run_dir: Path) -> dict[str, Any]:
+    """The run's ``summary.json``, or ``{}`` where it has none."""
+    return read_summary(run_dir) or {}
+
+
+def hydra_config(run_dir: Path):
+    """The run's ``.hydra/config.yaml``, or None."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    return OmegaConf.load(path) if path.is_file() else None
+
+
+def pct(x: float) -> str:
+    """A fraction as a percentage of 3 significant digits."""
+    return f"{100 * x:.3g}%"

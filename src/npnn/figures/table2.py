@@ -1,0 +1,115 @@
+"""Table 2 (section 4.3, poker): the baselines, the NP rows and the P rows at the NP sizes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from npnn.figures.common import hydra_config, pct
+from npnn.record import FINISHED, UNFINISHED
+from npnn.sweeps import gather, representatives
+
+__all__ = ["PAPER_TABLE2", "table2"]
+
+PAPER_TABLE2 = {  # lambda: (starting size, final size, test error)
+    "np": {1e-3: ("10-10-10-10", "23-24-15-4", "0.62%"), 1e-5: ("10-10-10-10", "94-135-105-35", "0.022%"),
+           1e-6: ("10-10-10-10", "210-251-224-104", "0.001%"), 1e-7: ("10-10-10-10", "299-258-259-129", "0%")},
+    "p": {"23-24-15-4": "0.20%", "94-135-105-35": "0.003%", "210-251-224-104": "0.003%", "299-258-259-129": "0.002%"},
+    "baselines": {"logistic_regression": "49.9% (the paper's)", "naive_bayes": "48.3% (OpenML)",
+                  "decision_tree": "26.8% (OpenML)"},
+}
+
+
+def _wall(run: dict[str, Any]) -> str:
+    """A run's wall time, over every fit; a resumed run whose earlier fits went unrecorded says so."""
+    partial = run["time_complete"] is False or (run["resumed_from"] is not None and run["cpu_time_s"] is None)
+    return f"{float(run['wall_time_s']):.0f} s{' (the last fit only: resumed)' if partial else ''}"
+
+
+def _by_total_units(sizes) -> list[str]:
+    """Hidden sizes such as "39-17-17-7", smallest net first."""
+    return sorted(set(sizes), key=lambda h: sum(map(int, h.split("-"))))
+
+
+def _unended(run: dict[str, Any]) -> str:
+    """How a run that did not end is labelled: "not ended" resumes on a relaunch, "failed" does not."""
+    return f"{'not ended' if run['stopped_by'] in UNFINISHED else 'failed'} ({run['stopped_by']})"
+
+
+def table2(np_dirs, p_dirs=(), baselines: str | Path | None = None, out: str | Path = "results") -> str:
+    """Table 2 (poker): the baselines (``python -m npnn.baselines --out FILE``'s JSON), the NP runs (one row per
+    setting: its representative), and per P size the run with the lowest VCE (7.4.2 step 2), beside the paper's
+    rows (a P row of ours sits beside the paper's P row of the NP row whose size it has)."""
+    lines = ["# Table 2 (poker): test classification error", "",
+             "| model | lambda | starting size | final size | test error | epochs | wall | the paper |",
+             "|---" * 8 + "|"]
+    if baselines:
+        errors = json.loads(Path(baselines).read_text()).get("poker", {})
+        for name, paper in PAPER_TABLE2["baselines"].items():
+            if name in errors:
+                lines.append(f"| {name.replace('_', ' ')} | | | | {pct(errors[name])} | | | {paper} |")
+    np_rows = [r for r in gather(np_dirs) if r["model"] == "nonparametric" and r["dataset"] == "poker"]
+    paper_p_of = {}  # our NP size -> the paper's P error at the NP size of that lambda
+    for key, (run, _) in sorted(representatives(np_rows).items(), key=lambda kv: -float(kv[1][0]["lambda"])):
+        lam = float(run["lambda"])
+        config = hydra_config(Path(run["run_dir"]))
+        start = "-".join([str(config.model.start_units)] * int(config.model.hidden_layers)) \
+            if config is not None else ""
+        paper = PAPER_TABLE2["np"].get(lam)
+        paper_p_of[run["hidden_sizes"]] = PAPER_TABLE2["p"].get(paper[1]) if paper else None
+        seeds = sum(r["setting"] == key for r in np_rows)
+        lines.append(f"| nonparametric{f' ({seeds} runs: representative)' if seeds > 1 else ''} | {lam:g} | {start} | "
+                     f"{run['hidden_sizes']} | {pct(float(run['test_error']))} | {float(run['epochs']):.1f} | "
+                     f"{_wall(run)} | {f'{paper[1]}, {paper[2]}' if paper else '-'} |")
+    picked = {key for key in representatives(np_rows)}
+    for key in sorted({r["setting"] for r in np_rows} - picked):  # a setting none of whose runs ended: said so
+        run = next(r for r in np_rows if r["setting"] == key)
+        paper = PAPER_TABLE2["np"].get(float(run["lambda"]))
+        lines.append(f"| nonparametric: {_unended(run)} | {float(run['lambda']):g} | | {run['hidden_sizes']} | "
+                     f"- | {float(run['epochs']):.1f} | {_wall(run)} | "
+                     f"{f'{paper[1]}, {paper[2]}' if paper else '-'} |")
+    p_all = [r for r in gather(p_dirs) if r["model"] == "parametric" and r["dataset"] == "poker"]
+    p_rows = [r for r in p_all if r["stopped_by"] in FINISHED]
+    bests = {}  # per size, the run with the lowest VCE (7.4.2 step 2)
+    for sizes in _by_total_units(r["hidden_sizes"] for r in p_rows):
+        runs = [r for r in p_rows if r["hidden_sizes"] == sizes]
+        best = bests[sizes] = min(runs, key=lambda r: (float(r["val_error"]), r["run_dir"]))
+        paper = PAPER_TABLE2["p"].get(sizes) or paper_p_of.get(sizes)
+        lines.append(f"| parametric, RMSprop alpha = {float(best['step_size']):g} "
+                     f"(lowest VCE of {len(runs)}) | | {sizes} | "
+                     f"unchanged | {pct(float(best['test_error']))} | {float(best['epochs']):.1f} | "
+                     f"{_wall(best)} | {paper or '-'} |")
+    lines += _p_grid_lines(p_all, bests)
+    text = "\n".join(lines) + "\n"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table2.md").write_text(text)
+    return text
+
+
+def _p_grid_lines(p_all: list[dict[str, Any]], bests: dict[str, dict[str, Any]]) -> list[str]:
+    """Every P run of Table 2 by size and step size, so a reader sees whether the lowest VCE lies inside the grid
+    (7.4.2 step 2) or on its edge, where the grid wants widening."""
+    if not p_all:
+        return []
+    lines = ["", "The P rows' step sizes (the lowest VCE of each size is the row above):", "",
+             "| size | alpha | VCE | TCE | epochs | CPU | |", "|---" * 7 + "|"]
+    for sizes in _by_total_units(r["hidden_sizes"] for r in p_all):
+        runs = sorted((r for r in p_all if r["hidden_sizes"] == sizes), key=lambda r: float(r["step_size"]))
+        best = bests.get(sizes)
+        edges = (float(runs[0]["step_size"]), float(runs[-1]["step_size"])) if len(runs) > 1 else ()
+        for r in runs:
+            ok = r["stopped_by"] in FINISHED
+            note = "" if ok else _unended(r)
+            if r is best:
+                note = "lowest VCE"
+                if float(r["step_size"]) in edges:  # a VCE of 0 no other step size can beat
+                    note += ": on the grid's edge, " + ("but no validation error" if float(r["val_error"]) == 0
+                                                        else "widen it")
+            elif ok and best is not None and float(r["val_error"]) == float(best["val_error"]):
+                note = "ties the lowest VCE (a tie goes to the first run directory by name)"
+            cpu = f"{float(r['cpu_time_s']):.0f} s" if r["cpu_time_s"] is not None else "-"
+            vce, tce = (pct(float(r["val_error"])), pct(float(r["test_error"]))) if ok else ("-", "-")
+            lines.append(f"| {sizes} | {float(r['step_size']):g} | {vce} | {tce} | {float(r['epochs']):.1f} | {cpu} | "
+                         f"{note} |")
+    return lines
