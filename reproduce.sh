@@ -82,7 +82,7 @@ sweep() {  # a multirun into $1 on the launcher. Failed runs (diverged, chance l
   python - "$dir" <<'EOF'
 import json, sys
 from pathlib import Path
-from npnn.runs import FINISHED, UNFINISHED
+from npnn.record import FINISHED, UNFINISHED
 ended = {d.parent: json.loads((d.parent / "summary.json").read_text()).get("stopped_by")
          if (d.parent / "summary.json").is_file() else None for d in Path(sys.argv[1]).glob("*/.hydra")}
 open_ = [str(run) for run, how in ended.items() if how is None or how in UNFINISHED]

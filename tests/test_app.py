@@ -474,7 +474,8 @@ def test_metrics_are_on_disk_at_every_validation_not_only_at_the_end(tmp_path):
 def test_last_checkpoint_is_written_at_every_validation(tmp_path):
     import pytorch_lightning as pl
 
-    cfg = config("dataset=synthetic", "lambda=1e-3", "trainer.enable_progress_bar=false", "trainer.max_epochs=3")
+    cfg = config("dataset=synthetic", "lambda=1e-3", "trainer.enable_progress_bar=false", "trainer.max_epochs=3",
+                 "checkpoint_every_seconds=0")
     trainer, module, dm = build(cfg, tmp_path)
     seen = []
 
@@ -495,6 +496,33 @@ def test_last_checkpoint_is_written_at_every_validation(tmp_path):
     trainer.fit(module, datamodule=dm)
     assert len(seen) >= 2 and all(saved == now for saved, now in seen), seen
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+def test_last_checkpoint_by_wall_time_keeps_the_first_and_the_last_validation(tmp_path, monkeypatch):
+    import pytorch_lightning as pl
+
+    import npnn.runs
+
+    now = [0.0]
+    monkeypatch.setattr(npnn.runs.time, "monotonic", lambda: now[0])
+    cfg = config("dataset=synthetic", "lambda=1e-3", "trainer.enable_progress_bar=false", "trainer.max_epochs=6",
+                 "protocol=none", "checkpoint_every_seconds=60")
+    trainer, module, dm = build(cfg, tmp_path)
+    saved = []
+
+    class Saves(pl.Callback):
+        def on_validation_start(self, trainer, module):
+            now[0] += 25.0  # an epoch and its validation take 25 s
+
+        def on_save_checkpoint(self, trainer, module, checkpoint):
+            saved.append(trainer.global_step)
+
+    trainer.callbacks.insert(0, Saves())
+    trainer.fit(module, datamodule=dm)
+    steps = [20 * (e + 1) for e in range(6)]  # one validation an epoch
+    assert saved[0] == steps[0] and saved[-1] == steps[-1]  # the fit's first validation, and where it ends
+    assert saved == [20, 80, 120]  # at 25 s; not 25 or 50 s after it, but 75 s; and where the fit ends
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == steps[-1]
 
 
 def test_several_steps_per_call_train_exactly_as_one(tmp_path):

@@ -74,6 +74,18 @@ def test_adarad_takes_the_eager_path_where_the_kernel_does_not_apply():
         strict.step()
     with pytest.raises(ValueError, match="fused"):
         AdaRad(w, alpha_r=1.0, alpha_phi=1.0, dataset_size=10, fused="yes")
+    # a gradient the kernel refuses (not contiguous): the same update on the eager path, or the reason
+    hp = dict(alpha_r=200.0, alpha_phi=30.0, lam=1e-3, dataset_size=5000, batch_size=100)
+    refused, plain = make_problem(torch.float64), make_problem(torch.float64)
+    for p, q in zip(refused, plain):
+        q.grad = torch.full_like(q, 1e-3)
+        p.grad = torch.full((p.shape[1], p.shape[0]), 1e-3, dtype=p.dtype).t()  # the same values, transposed
+    AdaRad(refused, **hp).step()
+    AdaRad(plain, fused=False, **hp).step()
+    for p, q in zip(refused, plain):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    with pytest.raises(RuntimeError, match="non-contiguous"):
+        AdaRad(refused, fused=True, **hp).step()
 
 
 def test_adarad_state_dict_moves_between_the_two_paths():

@@ -81,10 +81,11 @@ def test_no_import_cycle_inside_npnn():
 
 def test_hydra_leaves_out_exactly_the_keys_that_do_not_define_a_run():
     hydra_keys = OmegaConf.load(CONF_DIR / "config.yaml").hydra.job.config.override_dirname.exclude_keys
-    assert list(hydra_keys) == list(record.RUN_INDEPENDENT_KEYS)
+    assert list(hydra_keys) == [*record.RUN_INDEPENDENT_KEYS, "hparams_search"]  # the sweep's config: one per sweep
     assert record.is_run_independent("logger=wandb") and record.is_run_independent("hydra.sweep.dir=x")
     assert record.is_run_independent("+trainer.max_time.hours=1")
     assert not record.is_run_independent("lambda=1e-3") and not record.is_run_independent("seed=1")
+    assert not record.is_run_independent("hparams_search=p_grid")  # it sets run keys: seeds group by it
 
 
 def _write_run(run_dir: Path) -> None:
@@ -130,3 +131,15 @@ def test_summary_schema_and_states(tmp_path):
     assert record.read_summary(tmp_path / "none") is None
     assert [record.run_state(s) for s in (None, {"stopped_by": "protocol"}, {"stopped_by": "time"},
                                           {"stopped_by": "diverged"})] == ["running", "finished", "running", "failed"]
+
+
+def test_a_resumed_compressed_record_goes_on_writing_its_unit_lengths(tmp_path):
+    from npnn.callbacks import UnitLogger
+
+    rows = b"step,epoch,layer,id,fan_in,fan_out\r\n10,1.0000,1,0,1.5,0.25\r\n20,2.0000,1,0,1.25,0.5\r\n"
+    (tmp_path / "unit_lengths.csv.xz").write_bytes(lzma.compress(rows))
+    logger = UnitLogger(tmp_path)
+    logger.load_state_dict({"validations": 2, "rows": 1})  # the checkpoint had written one row
+    logger.on_fit_start(None, None)
+    assert not (tmp_path / "unit_lengths.csv.xz").exists()
+    assert (tmp_path / "unit_lengths.csv").read_bytes() == rows[:rows.index(b"20,")]  # the rows after it dropped

@@ -247,6 +247,9 @@ BAD_VALUES = [  # (override, what the one line must say)
     ("dataset.val_every=inf", r"val_check_interval .*in \(0, 1\] or a whole number .*got inf"),
     ("seed=-1", r"seed must be an integer in \[0, 2\*\*32\), got -1"),
     ("unit_lengths_every=abc", r"unit_lengths_every must be an integer >= 0 .*got 'abc'"),
+    ("checkpoint_every_seconds=-1", r"checkpoint_every_seconds must be null or a finite number of seconds >= 0 "
+                                    r".*got -1"),
+    ("test_every=-2", r"test_every must be an integer >= 0 .*got -2"),
     ("unit_lengths_every=-1", r"unit_lengths_every must be an integer >= 0 .*got -1"),
     ("trainer.max_time=-1", r"trainer.max_time must be null .*DD:HH:MM:SS.*got -1"),
     ("trainer.max_time=00:00:00:00", r"trainer.max_time must be null .*positive duration.*got '00:00:00:00'"),

@@ -5,6 +5,8 @@
     python -m npnn.bench epoch [--dataset poker|mnist] [--sizes ...] [--epochs N] [--data-dir DIR] [--set KEY=VALUE ...]
     python -m npnn.bench lightning [--sizes 43 44 35 24] [--rounds 5]
     python -m npnn.bench sklearn [--rounds 1]
+    python -m npnn.bench eval [--nets poker mnist mnist-wide] [--rounds 5]
+    python -m npnn.bench profile [--sizes 231 283 274 111] [--epochs 1] [--set KEY=VALUE ...]
     python -m npnn.bench table1 [--rounds 30] [--steps 5] [--out results]
 
 ``sklearn`` times ``NonparametricClassifier().fit`` on scikit-learn's digits (all 1,797 rows, defaults,
@@ -390,6 +392,115 @@ def bench_sklearn(rounds: int) -> float:
     return np_s
 
 
+# ------------------------------------------------------------------------------------ the evaluation path
+EVAL_SETTINGS = {  # name: (inputs, hidden sizes, classes, rows): the default run's final net and Fig. 3's
+    "poker": (10, [231, 283, 274, 111], 10, 125_010),
+    "mnist": (784, [218, 17], 10, 10_000),
+    "mnist-wide": (784, [1000, 1000], 10, 10_000),
+}
+
+
+def bench_eval(names: list[str], rounds: int) -> dict[str, float]:
+    """One validation pass (inference mode, CapNorm with running statistics): the module's blocks of rows
+    (:func:`npnn.module.eval_rows`) against one call on the whole loader batch (``dataset.eval_batch_size`` rows,
+    25,000 on poker), median CPU seconds over interleaved rounds; checks that the logits are the same floats."""
+    from npnn.module import eval_rows
+    from npnn.nn import NonparametricMLP
+
+    ratios = {}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {rounds} interleaved rounds")
+    for name in names:
+        d_in, sizes, classes, n = EVAL_SETTINGS[name]
+        torch.manual_seed(0)
+        net = NonparametricMLP(d_in, sizes, classes).eval()
+        for norm in net.norms:
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+        x, loader_rows, rows = torch.randn(n, d_in), min(n, 25_000), eval_rows(net)
+
+        def evaluate(block: int) -> torch.Tensor:
+            with torch.inference_mode():
+                return torch.cat([torch.cat([net(b) for b in batch.split(block)]) for batch in x.split(loader_rows)])
+
+        same = torch.equal(evaluate(rows), evaluate(loader_rows))
+        times: dict[int, list[float]] = {loader_rows: [], rows: []}
+        for _ in range(rounds):
+            for block in times:
+                start = time.process_time()
+                evaluate(block)
+                times[block].append(time.process_time() - start)
+        one, blocked = statistics.median(times[loader_rows]), statistics.median(times[rows])
+        ratios[name] = blocked / one
+        print(f"{name} {d_in}-{'-'.join(map(str, sizes))}-{classes}, {n} rows: one call per {loader_rows} rows "
+              f"{one:.3f} s, blocks of {rows} rows {blocked:.3f} s, ratio {blocked / one:.2f}; logits "
+              f"{'the same floats' if same else 'DIFFERENT'}")
+    return ratios
+
+
+# ------------------------------------------------------------------------------------ where a run's time goes
+PROFILE_PARTS = (  # (label, owner, method): disjoint parts of an epoch, each timed around its method
+    ("training steps (Algorithm 1, growth)", "npnn.module:NonparametricModule", "training_step"),
+    ("validation set", "npnn.module:NonparametricModule", "validation_step:0"),
+    ("test set at validations", "npnn.module:NonparametricModule", "validation_step:1"),
+    ("metrics and their logging", "npnn.module:NonparametricModule", "on_validation_epoch_end"),
+    ("protocol (snapshots at new bests)", "npnn.callbacks:RewindProtocol", "on_validation_end"),
+    ("unit records and lengths", "npnn.callbacks:UnitLogger", "on_validation_end"),
+    ("checkpoint writes", "pytorch_lightning:Trainer", "save_checkpoint"),
+)
+
+
+def bench_profile(sizes: list[int], epochs: int, overrides: list[str] = ()) -> dict[str, float]:
+    """CPU seconds of each part of the default run's epochs (``python train.py``: poker, lambda = 1e-6), at hidden
+    ``sizes`` from the start (the default run ends at 231-283-274-111): each part timed around its method
+    (:data:`PROFILE_PARTS`), the rest (Lightning's loop, batching) by difference from the whole fit."""
+    import importlib
+    import tempfile
+
+    from npnn.config import compose
+    from npnn.train import build
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    cfg = compose(f"model.start_units={list(sizes)}", f"trainer.max_epochs={epochs}",
+                  "trainer.enable_progress_bar=false", *overrides)
+    spent = {label: 0.0 for label, _, _ in PROFILE_PARTS}
+    patched = []
+    for label, owner, method in PROFILE_PARTS:
+        module, name = owner.split(":")
+        cls = getattr(importlib.import_module(module), name)
+        method, _, loader = method.partition(":")
+        original = getattr(cls, method)
+
+        def timed(*args, _original=original, _label=label, _loader=loader, **kwargs):
+            if _loader and kwargs.get("dataloader_idx", args[3] if len(args) > 3 else 0) != int(_loader):
+                return _original(*args, **kwargs)
+            start = time.process_time()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                spent[_label] += time.process_time() - start
+
+        patched.append((cls, method, original))
+        setattr(cls, method, timed)
+    try:
+        with tempfile.TemporaryDirectory() as run_dir:
+            trainer, module, dm = build(cfg, run_dir)
+            start = time.process_time()
+            trainer.fit(module, datamodule=dm)
+            total = time.process_time() - start
+    finally:
+        for cls, method, original in reversed(patched):
+            setattr(cls, method, original)
+    # the two validation_step parts were patched one over the other: each counted its own loader once
+    spent["the rest (Lightning's loop, batching, start-up)"] = total - sum(spent.values())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; python train.py at hidden sizes "
+          f"{'-'.join(map(str, sizes))} from the start, {epochs} epoch(s), {module.step_count} steps"
+          f"{', ' + ' '.join(overrides) if overrides else ''}: {total:.1f} CPU s")
+    for label, seconds in spent.items():
+        print(f"  {label:<48} {seconds:8.2f} s  {100 * seconds / total:5.1f}%")
+    return spent
+
+
+
 # ------------------------------------------------------------------------------------ Table 1, measured
 # Table 1 of the paper: cost per mini-batch and weight of an efficient implementation
 PAPER_TABLE1 = {
@@ -451,6 +562,15 @@ def main(argv: list[str] | None = None) -> None:
     p_light.add_argument("--sizes", type=int, nargs="+", default=[43, 44, 35, 24])
     p_light.add_argument("--rounds", type=int, default=5)
     p_light.add_argument("--threads", type=int, default=None)
+    p_eval = sub.add_parser("eval", help="a validation pass in blocks of rows that fit the cache vs one call")
+    p_eval.add_argument("--nets", nargs="+", choices=sorted(EVAL_SETTINGS), default=["poker", "mnist", "mnist-wide"])
+    p_eval.add_argument("--rounds", type=int, default=5)
+    p_eval.add_argument("--threads", type=int, default=None)
+    p_profile = sub.add_parser("profile", help="where the default run's CPU time goes, part by part")
+    p_profile.add_argument("--sizes", type=int, nargs="+", default=[231, 283, 274, 111])
+    p_profile.add_argument("--epochs", type=int, default=1)
+    p_profile.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides of the app")
+    p_profile.add_argument("--threads", type=int, default=None)
     p_table1 = sub.add_parser("table1", help="Table 1 of the paper measured (optimizer step cost per weight) "
                                              "into OUT/table1.md")
     p_table1.add_argument("--rounds", type=int, default=30)
@@ -473,6 +593,10 @@ def main(argv: list[str] | None = None) -> None:
         bench_lightning(args.sizes, args.rounds)
     elif args.what == "sklearn":
         bench_sklearn(args.rounds)
+    elif args.what == "eval":
+        bench_eval(args.nets, args.rounds)
+    elif args.what == "profile":
+        bench_profile(args.sizes, args.epochs, args.set)
     elif args.what == "table1":
         print(table1(args.out, args.rounds, args.steps))
         print(f"wrote {Path(args.out) / 'table1.md'}")

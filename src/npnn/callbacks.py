@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 
 from npnn.module import NonparametricModule
-from npnn.record import PHASES, write_atomic
+from npnn.record import PHASES, find, open_text, write_atomic
 
 __all__ = ["RewindProtocol", "UnitLogger", "RunProgressBar", "epochs_to_steps", "find_callback", "set_hparam",
            "apply_resume_changes"]
@@ -241,8 +241,14 @@ class UnitLogger(Callback):
 
     def on_fit_start(self, trainer, module: NonparametricModule) -> None:
         path = self.directory / "unit_lengths.csv"
+        packed = find(path)
+        if packed is not None and packed != path:  # a compressed record resumed: its rows, plain, go on
+            with open_text(packed) as f:
+                write_atomic(path, f.read())
+            packed.unlink()
         if path.exists():
-            lines = path.read_text().splitlines(keepends=True)
+            with open_text(path) as f:  # newline="": the csv module's line ends, kept as written
+                lines = f.read().splitlines(keepends=True)
             if self._rows is None:  # a checkpoint from before rows were counted: keep them all
                 self._rows = max(len(lines) - 1, 0)
             elif len(lines) > self._rows + 1:

@@ -51,6 +51,16 @@ class ConstantNetworkError(TrainingError):
     stopped_by = "constant_network"
 
 
+EVAL_BLOCK_ELEMENTS = 2 ** 17  # 512 KB of float32 activations: a block of rows stays in a core's L2 cache
+
+
+def eval_rows(net: NonparametricMLP) -> int:
+    """Rows per block of an evaluation: about :data:`EVAL_BLOCK_ELEMENTS` activations in the widest layer, a power
+    of 2, at least 512 (``python -m npnn.bench eval`` times the choice)."""
+    widest = max([net.in_features, *net.hidden_sizes, net.out_features, 1])
+    return max(512, 2 ** round(math.log2(EVAL_BLOCK_ELEMENTS / widest)))
+
+
 def _group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
     """Each param group's hyperparameters (everything but its ``params``)."""
     return [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
@@ -139,6 +149,9 @@ class NonparametricModule(pl.LightningModule):
             validation error, in multiples of the majority-class predictor's:
             :meth:`check_better_than_majority`). ``divergence=None`` uses the defaults;
             non-finite weights always stop the run.
+        test_every: evaluate the test set at every ``test_every``-th validation (0: never); it is always
+            evaluated where a result needs it: at a new lowest validation error (``summary.json``'s test error
+            at the best validation) and for the final network. Nothing that training reads depends on it.
         steps_per_call: optimizer steps per call of ``training_step`` (the loader's lists; stored in
             checkpoints, as a resume must keep it).
     """
@@ -150,7 +163,7 @@ class NonparametricModule(pl.LightningModule):
     def __init__(self, net: dict, optimizer: Callable[..., torch.optim.Optimizer] | None = None, lam: float = 0.0,
                  dataset_size: int = 1, batch_size: int = 1, growth: Growth | None = None,
                  divergence: dict | None = None,
-                 steps_per_call: int = 1) -> None:
+                 steps_per_call: int = 1, test_every: int = 0) -> None:
         super().__init__()
         if not (isinstance(lam, (int, float)) and not isinstance(lam, bool) and lam >= 0 and math.isfinite(lam)):
             raise ValueError(f"lambda must be a finite number >= 0, got {lam!r}")
@@ -170,6 +183,9 @@ class NonparametricModule(pl.LightningModule):
         self.dataset_size, self.batch_size = int(dataset_size), int(batch_size)
         self.growth = growth
         self.steps_per_call = steps_per_call  # checkpointed: a resume must hand out lists of the same size
+        self.test_every = int(test_every)
+        self.validations = 0  # validations so far (test_every counts them)
+        self._test_now = True
         self.divergence = {**self.DIVERGENCE_DEFAULTS, **(divergence or {})}
         self.steps_per_epoch = math.ceil(self.dataset_size / self.batch_size)
         self.step_count = 0  # optimizer steps on the protocol's timeline (a rewind sets it back)
@@ -304,15 +320,28 @@ class NonparametricModule(pl.LightningModule):
         return f"the training loss is {loss} at step {self.step_count}: training cannot go on.{hint} {fix}"
 
     # ------------------------------------------------------------- validation
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's logits on ``x``, in blocks of rows that keep a layer's activations in the cache
+        (:func:`eval_rows`): each row's logits are the same floats as in one call on all of ``x``."""
+        rows = eval_rows(self.net)
+        if len(x) <= rows:
+            return self.net(x)
+        return torch.cat([self.net(block) for block in x.split(rows)])
+
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
-        logits = self.net(x)
         if dataloader_idx == 0:
+            logits = self.evaluate(x)
             self.val_accuracy.update(logits, y)
             self._val_ce = self._val_ce.to(logits.device) + F.cross_entropy(logits, y, reduction="sum")
             self._val_n += len(y)
-        else:
-            self.test_accuracy.update(logits, y)
+            return
+        if batch_idx == 0:  # the validation set is done (the loaders run in turn): is the test set needed?
+            val_error = 1.0 - self.val_accuracy.compute().item()
+            self._test_now = val_error < self.best_validation.get("val_error", math.inf) or \
+                (self.test_every > 0 and self.validations % self.test_every == 0)
+        if self._test_now:
+            self.test_accuracy.update(self.evaluate(x), y)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -357,13 +386,14 @@ class NonparametricModule(pl.LightningModule):
         self._val_ce, self._val_n = torch.zeros(()), 0
         self._train_ce, self._train_n = torch.zeros(()), 0
         self.units_added = self.units_removed = 0
+        self.validations += 1
 
     # ------------------------------------------------------------------- test
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         """``trainer.test`` on ``[validation, test]`` gives the final network's errors (``final_errors``)."""
         x, y = batch
         wrong, total = self._test_counts.setdefault(dataloader_idx, [0, 0])
-        self._test_counts[dataloader_idx] = [wrong + int((self.net(x).argmax(1) != y).sum()), total + len(y)]
+        self._test_counts[dataloader_idx] = [wrong + int((self.evaluate(x).argmax(1) != y).sum()), total + len(y)]
 
     def on_test_epoch_start(self) -> None:
         self._test_counts: dict[int, list[int]] = {}
@@ -463,7 +493,7 @@ class NonparametricModule(pl.LightningModule):
                               "steps_per_call": self.steps_per_call,
                               "last_removal_step": self.last_removal_step, "best_validation": self.best_validation,
                               "growth": self.growth.state_dict() if self.growth is not None else None,
-                              "time_used": self.time_used()}
+                              "time_used": self.time_used(), "validations": self.validations}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_format(checkpoint)
@@ -479,6 +509,7 @@ class NonparametricModule(pl.LightningModule):
             self.net._resize_to(theirs["hidden_sizes"])  # the shape first, then Lightning loads the weights
         self.step_count, self.last_removal_step = state["step_count"], state["last_removal_step"]
         self.best_validation = dict(state.get("best_validation", {}))
+        self.validations = state.get("validations", 0)
         earlier = state.get("time_used")
         self.earlier_time = None if earlier is None or not earlier.get("complete", True) else \
             {"wall_s": float(earlier["wall_s"]), "cpu_s": float(earlier["cpu_s"])}

@@ -294,34 +294,50 @@ class AdaRad(_GlobalMaxima, Optimizer):
 
     def _fused_step(self, batch_size: int | None) -> bool:
         """The whole step in one call of the fused kernel (``npnn.fused.adarad_step_``) where it applies;
-        False otherwise."""
+        False otherwise. The kernel checks its tensors itself (before it writes anything); only where it
+        refuses them is the reason looked for here."""
         if self.fused is False or self.momentum:
             return False
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-        groups = {tuple(group[k] for k in self._fused_keys) for group in self.param_groups}
-        dtype = params[0].dtype if params else None
-        why = ("no gradients" if not params else
-               "parameter groups with different hyperparameters" if len(groups) > 1 else
-               "non-CPU, non-float32/64, sparse or non-contiguous weights or gradients"
-               if not all(t.device.type == "cpu" and t.dtype == dtype and
-                          t.layout == torch.strided and t.is_contiguous()
-                          for p in params for t in (p, p.grad)) or dtype not in npnn_fused.DTYPES else
-               None)
+        if not params:
+            return False
+        why = self._why_not_fused(params) if len(self.param_groups) > 1 else None
         if why is None and not (npnn_fused.active(params[0]) if self.fused is None else npnn_fused.load()):
             why = "the fused kernels are not available (see the warning of npnn.fused) or are switched off"
-        if why is not None:
-            if self.fused and why != "no gradients":
-                raise RuntimeError(f"{type(self).__name__}(fused=True): cannot use the fused kernel: {why}")
-            return False
-        group = self.param_groups[0]
-        states = [self._init_state(p) for p in params]
-        if self.phi_max is None:  # line 2
-            self.phi_max, self.c_max = params[0].new_zeros(()), params[0].new_zeros(())
-        tau = shrinkage_threshold(group["alpha_r"], group, batch_size)
-        npnn_fused.adarad_step_([p.detach() for p in params], [p.grad for p in params], [s["phibar"] for s in states],
-                                [s["c"] for s in states], self.phi_max, self.c_max, group["alpha_r"],
-                                group["alpha_phi"], group["beta"], group["eps"], tau)
-        return True
+        if why is None:
+            states = []
+            for p in params:
+                state = self.state[p]
+                if not state or state["phibar"].shape[0] != p.shape[0] or state["c"].shape[0] != p.shape[0]:
+                    state = self._init_state(p)  # a new weight's state, or the error that names a stale one
+                states.append(state)
+            if self.phi_max is None:  # line 2
+                self.phi_max, self.c_max = params[0].new_zeros(()), params[0].new_zeros(())
+            group = self.param_groups[0]
+            tau = shrinkage_threshold(group["alpha_r"], group, batch_size)
+            try:
+                npnn_fused.adarad_step_(params, [p.grad for p in params], [s["phibar"] for s in states],
+                                        [s["c"] for s in states], self.phi_max, self.c_max, group["alpha_r"],
+                                        group["alpha_phi"], group["beta"], group["eps"], tau)
+                return True
+            except RuntimeError:
+                why = self._why_not_fused(params)
+                if why is None:  # the tensors were fine: a real failure
+                    raise
+        if self.fused:
+            raise RuntimeError(f"{type(self).__name__}(fused=True): cannot use the fused kernel: {why}")
+        return False
+
+    def _why_not_fused(self, params: list[Tensor]) -> str | None:
+        groups = {tuple(group[k] for k in self._fused_keys) for group in self.param_groups}
+        dtype = params[0].dtype
+        if len(groups) > 1:
+            return "parameter groups with different hyperparameters"
+        if dtype not in npnn_fused.DTYPES or not all(
+                t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
+                for p in params for t in (p, p.grad)):
+            return "non-CPU, non-float32/64, sparse or non-contiguous weights or gradients"
+        return None
 
     def _averages(self, group: dict) -> dict | None:
         """Lines 11-12 (and 16 of Algorithm 2) for every row of the group's weights."""

@@ -49,14 +49,15 @@ UNFINISHED = ("signal", "time")  # stopped from outside: a relaunch resumes it; 
 PHASES = {"nonparametric": ("grow", "prune", "fit", "anneal"), "parametric": ("fit", "anneal")}
 
 # keys that do not define a run: paths, relaunch switches, display, the logger, the checkpoint cadence, the time
-# budget and the sweep's own config. A sweep's directory names leave them out (conf/config.yaml's
-# hydra.job.config.override_dirname.exclude_keys is this list, tests/test_record.py checks it), and so do the
-# settings that npnn.sweeps groups seeds by
-RUN_INDEPENDENT_KEYS = ("data_dir", "ckpt_path", "overwrite", "resume_existing", "resume_changes",
-                        "trainer.enable_progress_bar", "trainer.enable_model_summary", "logger", "trainer.max_time",
-                        "checkpoint_every_steps", "sweep_failure_value", "hparams_search")
-# keys a resume may change without asking: the above, and budgets and Lightning callbacks
-RESUME_FREE_KEYS = (*RUN_INDEPENDENT_KEYS, "callbacks", "trainer.max_epochs", "trainer.max_steps")
+# budget, the test set's extra evaluations. The settings that npnn.sweeps groups seeds by leave them out, and so
+# do a sweep's directory names (conf/config.yaml's hydra.job.config.override_dirname.exclude_keys: these and
+# hparams_search, the sweep's own config, the same for all its runs; tests/test_record.py checks it)
+RUN_INDEPENDENT_KEYS = ("data_dir", "ckpt_path", "overwrite", "resume_existing", "trainer.enable_progress_bar",
+                        "logger", "trainer.max_time", "checkpoint_every_steps", "checkpoint_every_seconds",
+                        "test_every", "sweep_failure_value")
+# keys a resume may change without asking: the above, and budgets, Lightning callbacks and display
+RESUME_FREE_KEYS = (*RUN_INDEPENDENT_KEYS, "resume_changes", "trainer.enable_model_summary", "callbacks",
+                    "trainer.max_epochs", "trainer.max_steps")
 
 # summary.json: every field a run writes, and what it holds (errors are fractions, times seconds)
 SUMMARY_FIELDS = {

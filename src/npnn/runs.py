@@ -21,6 +21,7 @@ import io
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -424,16 +425,30 @@ class StopOnSignal(pl.Callback):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """``checkpoints/last.ckpt``, written at every validation or every ``every_n_train_steps`` steps (the top-1
-    file of an unmonitored ``ModelCheckpoint``, which is the latest).
+    """``checkpoints/last.ckpt`` (the top-1 file of an unmonitored ``ModelCheckpoint``, which is the latest),
+    written at validations, at most one every ``every_seconds`` of wall time (0: at every one; the first of a fit
+    and the one where the fit ends always), or every ``every_n_train_steps`` steps. Each is a resume point as exact
+    as any other.
 
     A periodic save on a step that a validation follows waits for that validation: Lightning resumes a
     checkpoint written between a step and its validation as if the validation had run, and would skip it.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, every_seconds: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._after_validation = False
+        self.every_seconds = float(every_seconds)
+        self._last_write: float | None = None  # time.monotonic() of this fit's last write
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self._last_write = time.monotonic()
+
+    def _should_skip_saving_checkpoint(self, trainer) -> bool:
+        if super()._should_skip_saving_checkpoint(trainer):
+            return True
+        return self._every_n_train_steps < 1 and self._last_write is not None and not _fit_ends_here(trainer) \
+            and time.monotonic() - self._last_write < self.every_seconds
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         every = self._every_n_train_steps
@@ -449,6 +464,15 @@ class LastCheckpoint(ModelCheckpoint):
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
+
+
+def _fit_ends_here(trainer) -> bool:
+    """Whether the fit ends at this validation: the protocol's stop or an early stop (``should_stop``, set by the
+    callbacks that run before the checkpoint's), or the step or epoch budget."""
+    if trainer.should_stop or (trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step):
+        return True
+    return trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs and \
+        trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
 
 def _validates_after_this_batch(trainer) -> bool:

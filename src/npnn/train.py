@@ -66,9 +66,9 @@ __all__ = ["main", "run", "build", "validate_config", "steps_per_call", "ConfigE
 log = logging.getLogger(__name__)
 MODEL_KINDS = ("nonparametric", "parametric")
 KNOWN_KEYS = {"seed", "lambda", "ckpt_path", "resume_changes", "overwrite", "resume_existing", "sweep_failure_value",
-              "data_dir", "checkpoint_every_steps", "steps_per_call", "unit_lengths_every", "divergence", "dataset",
-              "model", "optimizer", "protocol", "logger", "callbacks", "trainer", "hydra",
-              "random_search"}  # conf/config.yaml's, and hparams_search=p_random's node
+              "data_dir", "checkpoint_every_steps", "checkpoint_every_seconds", "steps_per_call", "unit_lengths_every",
+              "test_every", "divergence", "dataset", "model", "optimizer", "protocol", "logger", "callbacks",
+              "trainer", "hydra", "random_search"}  # conf/config.yaml's, and hparams_search=p_random's node
 
 
 class ConfigError(ValueError):
@@ -93,6 +93,15 @@ def validate_config(cfg: DictConfig) -> None:
     if not (isinstance(lengths_every, int) and not isinstance(lengths_every, bool) and lengths_every >= 0):
         raise ConfigError(f"unit_lengths_every must be an integer >= 0 (validations between rows of "
                           f"unit_lengths.csv; 0: never), got {lengths_every!r}")
+    every_seconds = cfg.get("checkpoint_every_seconds")
+    if every_seconds is not None and not (isinstance(every_seconds, (int, float))
+                                          and not isinstance(every_seconds, bool) and 0 <= every_seconds < math.inf):
+        raise ConfigError(f"checkpoint_every_seconds must be null or a finite number of seconds >= 0 (0: a checkpoint "
+                          f"at every validation), got {every_seconds!r}")
+    test_every = cfg.get("test_every", 0)
+    if not (isinstance(test_every, int) and not isinstance(test_every, bool) and test_every >= 0):
+        raise ConfigError(f"test_every must be an integer >= 0 (validations between test-set evaluations; 0: only "
+                          f"at a new lowest validation error and for the final network), got {test_every!r}")
     max_time = cfg.trainer.get("max_time")
     if max_time is not None and not _positive_duration(max_time):
         raise ConfigError(f"trainer.max_time must be null (no limit) or a positive duration \"DD:HH:MM:SS\", e.g. "
@@ -354,17 +363,19 @@ def build(cfg: DictConfig, run_dir: str | Path,
     module = _construct("model", lambda: NonparametricModule(
         net=net, optimizer=_construct("optimizer", lambda: instantiate(cfg.optimizer)), lam=cfg["lambda"],
         dataset_size=splits.sizes[0], batch_size=cfg.dataset.batch_size, growth=growth,
-        divergence=divergence_limits(cfg), steps_per_call=k))
+        divergence=divergence_limits(cfg), steps_per_call=k, test_every=cfg.get("test_every", 0)))
     _construct("optimizer", module.configure_optimizers)  # its checks now, not once training has begun
     callbacks.append(_construct("config", lambda: UnitLogger(run_dir, lengths_every=cfg.get("unit_lengths_every", 1))))
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RunProgressBar())  # sizes, VCE, phase and step size on the bar
     callbacks.append(ResumeChanges(written, stored, changes, derived))
     callbacks.append(StopOnSignal(run_dir / "checkpoints" / "last.ckpt"))
-    # checkpoints/last.ckpt, overwritten at every validation (or every checkpoint_every_steps steps)
+    # checkpoints/last.ckpt, overwritten at validations at most every checkpoint_every_seconds (or every
+    # checkpoint_every_steps steps)
     callbacks.append(LastCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, monitor=None,
                                     save_last=False, enable_version_counter=False,
-                                    every_n_train_steps=cfg.get("checkpoint_every_steps")))
+                                    every_n_train_steps=cfg.get("checkpoint_every_steps"),
+                                    every_seconds=cfg.get("checkpoint_every_seconds") or 0))
     callbacks += user_callbacks(cfg, run_dir)
     # the logger group: one logger (csv), none (none), or several by name (wandb: the CSV files and W&B)
     specs = [] if cfg.logger is None else [cfg.logger] if "_target_" in cfg.logger else list(cfg.logger.values())
