@@ -338,10 +338,14 @@ class NonparametricModule(pl.LightningModule):
             return
         if batch_idx == 0:  # the validation set is done (the loaders run in turn): is the test set needed?
             val_error = 1.0 - self.val_accuracy.compute().item()
-            self._test_now = val_error < self.best_validation.get("val_error", math.inf) or \
+            self._test_now = self._new_best(val_error) or \
                 (self.test_every > 0 and self.validations % self.test_every == 0)
         if self._test_now:
             self.test_accuracy.update(self.evaluate(x), y)
+
+    def _new_best(self, val_error: float) -> bool:
+        """Whether ``val_error`` is below every validation error so far (``best_validation``)."""
+        return val_error < self.best_validation.get("val_error", math.inf)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -369,7 +373,7 @@ class NonparametricModule(pl.LightningModule):
         if self.uses_adarad and self.optimizer.phi_max is not None:
             metrics["phi_max"] = self.optimizer.phi_max.item()
         self.last_val_error = metrics["val/error"]
-        if "test/error" in metrics and metrics["val/error"] < self.best_validation.get("val_error", math.inf):
+        if "test/error" in metrics and self._new_best(metrics["val/error"]):
             self.best_validation = {"val_error": metrics["val/error"], "test_error": metrics["test/error"],
                                     "epoch": metrics["epoch_float"]}
         self.last_metrics = metrics
