@@ -30,6 +30,25 @@ def test_blocks_of_rows_give_the_logits_of_one_call(d_in, sizes):
         assert torch.equal(module.evaluate(x), module.net(x))  # the same floats, row by row
 
 
+
+@pytest.mark.parametrize("norm, eval_stats", [("capnorm", "batch"), ("batchnorm", "running"), ("none", "running")])
+def test_blocks_give_the_logits_of_one_call_with_every_norm(norm, eval_stats):
+    """A CapNorm with batch statistics in evaluation (its output depends on the rows beside a row) is evaluated in
+    one call; BatchNorm's inference and no norm go in blocks."""
+    torch.manual_seed(0)
+    net = NonparametricMLP(10, [300, 40], 10, norm=norm, capnorm_eval_stats=eval_stats).eval()
+    x = torch.randn(3 * 512 + 17, 10) * 5
+    with torch.inference_mode():
+        assert torch.equal(net.evaluate(x, 512), net(x))
+
+
+def test_a_layer_without_units_evaluates_in_blocks():
+    torch.manual_seed(0)
+    net = NonparametricMLP(10, [30, 0, 20], 3).eval()
+    x = torch.randn(1500, 10)
+    with torch.inference_mode():
+        assert torch.equal(net.evaluate(x, 512), net(x))
+
 def _run(tmp_path, name, *overrides):
     cfg = compose("dataset=synthetic", "lambda=1e-3", "trainer.enable_progress_bar=false", "dataset.patience=2",
                   "dataset.anneal_patience=1", "trainer.max_epochs=30", *overrides)

@@ -60,6 +60,42 @@ def test_adarad_fused_step_equals_the_eager_step(dtype, tol):
             torch.testing.assert_close(fused.state[a][key], eager.state[b][key], rtol=tol, atol=0.0)
 
 
+def lane_order_sum(x: torch.Tensor) -> torch.Tensor:
+    """The kernel's documented order for the sum of a row (csrc/fused.cpp, row_sums): 16-byte vectors,
+    lane k sums elements k mod lanes of the whole vectors in order, the rest go to lane 0, then
+    (((0 + lane 0) + lane 1) + ...), each addition rounded to x's dtype."""
+    lanes = 16 // x.element_size()
+    whole = len(x) // lanes * lanes
+    acc = torch.zeros(lanes, dtype=x.dtype)
+    for j in range(0, whole, lanes):
+        acc = acc + x[j:j + lanes]
+    for j in range(whole, len(x)):
+        acc[0] = acc[0] + x[j]
+    total = torch.zeros((), dtype=x.dtype)
+    for k in range(lanes):
+        total = total + acc[k]
+    return total
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adarad_kernel_sums_rows_in_its_documented_order(dtype):
+    """A run's floats, and so the committed records, depend on the order of the kernel's row sums. With
+    beta = 1 one step leaves phibar = |phi|^2 = max(|g|^2 - (g.w)^2 / |w|^2, 0) (Algorithm 1 line 11),
+    recomputed here from sums in the documented order: equal to the last bit, rows of every length
+    remainder, one row and two rows a call."""
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 3, 4, 5, 10, 17, 85, 111, 283):
+        for m in (1, 2, 5):
+            w, grad = torch.randn(m, n, generator=g, dtype=dtype), torch.randn(m, n, generator=g, dtype=dtype)
+            phibar, c = torch.zeros(m, dtype=dtype), torch.zeros(m, dtype=dtype)
+            npnn.fused.adarad_step_([w.clone()], [grad], [phibar], [c], torch.zeros((), dtype=dtype),
+                                    torch.zeros((), dtype=dtype), 0.1, 0.1, 1.0, 1e-8, 0.0)
+            for i in range(m):
+                ww, gw, gg = (lane_order_sum(a * b) for a, b in ((w[i], w[i]), (grad[i], w[i]), (grad[i], grad[i])))
+                expected = torch.clamp(gg - gw / ww * gw, min=0)
+                assert torch.equal(phibar[i], expected), (n, m, i)
+
+
 def test_adarad_takes_the_eager_path_where_the_kernel_does_not_apply():
     w = make_problem(torch.float64)
     opt = AdaRad([{"params": w[:2]}, {"params": w[2:], "alpha_phi": 3.0}], alpha_r=1.0, alpha_phi=30.0,
@@ -174,3 +210,27 @@ def test_fused_capnorm_refuses_a_double_backward():
     out = CapNorm(4)(z, relu=True)
     with pytest.raises(RuntimeError, match="no double backward"):
         torch.autograd.grad(out.square().sum(), z, create_graph=True)
+
+
+def test_the_kernels_give_the_same_floats_with_any_thread_count():
+    """AdaRad's rows and CapNorm's blocks of units go to torch's threads whole: a run's floats do not depend on
+    OMP_NUM_THREADS through the kernels."""
+    def run(threads):
+        torch.set_num_threads(threads)
+        g = torch.Generator().manual_seed(0)
+        z = (torch.randn(1000, 300, generator=g) * 3).requires_grad_()
+        running = [torch.rand(300, generator=g), torch.rand(300, generator=g), torch.rand(300, generator=g)]
+        out = npnn.fused.capnorm_train(z, *running, 0.1, True)
+        out.backward(torch.randn(out.shape, generator=g))
+        w, grad = torch.randn(300, 283, generator=g), torch.randn(300, 283, generator=g)
+        phibar, c = torch.rand(300, generator=g), torch.rand(300, generator=g)
+        phi_max, c_max = torch.tensor(1.0), torch.tensor(1.0)
+        npnn.fused.adarad_step_([w], [grad], [phibar], [c], phi_max, c_max, 0.3, 0.7, 0.1, 1e-8, 1e-3)
+        return [out.detach(), z.grad, *running, w, phibar, c, phi_max]
+
+    before = torch.get_num_threads()
+    try:
+        one, four = run(1), run(4)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(one, four))

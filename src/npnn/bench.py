@@ -7,6 +7,7 @@
     python -m npnn.bench sklearn [--rounds 1]
     python -m npnn.bench eval [--nets poker mnist mnist-wide] [--rounds 5]
     python -m npnn.bench profile [--sizes 231 283 274 111] [--epochs 1] [--set KEY=VALUE ...]
+    python -m npnn.bench threads [--counts 1 2] [--sizes 231 283 274 111] [--epochs 1] [--rounds 3]
     python -m npnn.bench table1 [--rounds 30] [--steps 5] [--out results]
 
 ``sklearn`` times ``NonparametricClassifier().fit`` on scikit-learn's digits (all 1,797 rows, defaults,
@@ -420,7 +421,7 @@ def bench_eval(names: list[str], rounds: int) -> dict[str, float]:
 
         def evaluate(block: int) -> torch.Tensor:
             with torch.inference_mode():
-                return torch.cat([torch.cat([net(b) for b in batch.split(block)]) for batch in x.split(loader_rows)])
+                return torch.cat([net.evaluate(batch, block) for batch in x.split(loader_rows)])
 
         same = torch.equal(evaluate(rows), evaluate(loader_rows))
         times: dict[int, list[float]] = {loader_rows: [], rows: []}
@@ -501,6 +502,48 @@ def bench_profile(sizes: list[int], epochs: int, overrides: list[str] = ()) -> d
 
 
 
+
+def bench_threads(sizes: list[int], epochs: int, threads: list[int], rounds: int,
+                  overrides: list[str] = ()) -> dict[int, float]:
+    """Wall seconds of the default run's epochs (``python train.py``) at hidden ``sizes`` from the start, with
+    each number of torch threads in ``threads``, in interleaved rounds: the median per count and its ratio to
+    the first. npnn's kernels give the same floats with any count (they split work by rows or columns);
+    each count's final validation error is printed, as the BLAS may round otherwise with another count."""
+    import tempfile
+
+    from npnn.config import compose
+    from npnn.train import build
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    cfg = compose(f"model.start_units={list(sizes)}", f"trainer.max_epochs={epochs}",
+                  "trainer.enable_progress_bar=false", *overrides)
+    before = torch.get_num_threads()
+    wall: dict[int, list[float]] = {n: [] for n in threads}
+    cpu: dict[int, list[float]] = {n: [] for n in threads}
+    errors: dict[int, float] = {}
+    try:
+        for _ in range(rounds):
+            for n in threads:
+                torch.set_num_threads(n)
+                with tempfile.TemporaryDirectory() as run_dir:
+                    trainer, module, dm = build(cfg, run_dir)
+                    start, start_cpu = time.perf_counter(), time.process_time()
+                    trainer.fit(module, datamodule=dm)
+                    wall[n].append(time.perf_counter() - start)
+                    cpu[n].append(time.process_time() - start_cpu)
+                    errors[n] = float(trainer.callback_metrics["val/error"])
+    finally:
+        torch.set_num_threads(before)
+    print(f"torch {torch.__version__}; python train.py at hidden sizes {'-'.join(map(str, sizes))} from the start, "
+          f"{epochs} epoch(s){', ' + ' '.join(overrides) if overrides else ''}; median of {rounds} interleaved "
+          f"rounds, wall seconds (CPU seconds of all threads)")
+    base = statistics.median(wall[threads[0]])
+    for n in threads:
+        median = statistics.median(wall[n])
+        print(f"  {n} thread(s): {median:7.2f} s ({statistics.median(cpu[n]):7.2f} CPU s)  ratio "
+              f"{median / base:.2f}  final val/error {errors[n]:.6f}")
+    return {n: statistics.median(wall[n]) / base for n in threads}
+
 # ------------------------------------------------------------------------------------ Table 1, measured
 # Table 1 of the paper: cost per mini-batch and weight of an efficient implementation
 PAPER_TABLE1 = {
@@ -571,6 +614,13 @@ def main(argv: list[str] | None = None) -> None:
     p_profile.add_argument("--epochs", type=int, default=1)
     p_profile.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides of the app")
     p_profile.add_argument("--threads", type=int, default=None)
+    p_threads = sub.add_parser("threads", help="the default run's epochs with 1 and more torch threads, wall time")
+    p_threads.add_argument("--sizes", type=int, nargs="+", default=[231, 283, 274, 111])
+    p_threads.add_argument("--epochs", type=int, default=1)
+    p_threads.add_argument("--counts", type=int, nargs="+", default=None,
+                           help="thread counts to compare, the first the baseline (default: 1 and torch's choice)")
+    p_threads.add_argument("--rounds", type=int, default=3)
+    p_threads.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides of the app")
     p_table1 = sub.add_parser("table1", help="Table 1 of the paper measured (optimizer step cost per weight) "
                                              "into OUT/table1.md")
     p_table1.add_argument("--rounds", type=int, default=30)
@@ -581,7 +631,7 @@ def main(argv: list[str] | None = None) -> None:
     p_sklearn.add_argument("--rounds", type=int, default=1)
     p_sklearn.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    if args.threads:
+    if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.what == "optimizer":
         bench_optimizer(args.shapes, args.rounds, args.steps)
@@ -597,6 +647,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_eval(args.nets, args.rounds)
     elif args.what == "profile":
         bench_profile(args.sizes, args.epochs, args.set)
+    elif args.what == "threads":
+        bench_threads(args.sizes, args.epochs, args.counts or [1, torch.get_num_threads()], args.rounds, args.set)
     elif args.what == "table1":
         print(table1(args.out, args.rounds, args.steps))
         print(f"wrote {Path(args.out) / 'table1.md'}")

@@ -322,11 +322,9 @@ class NonparametricModule(pl.LightningModule):
     # ------------------------------------------------------------- validation
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:
         """The network's logits on ``x``, in blocks of rows that keep a layer's activations in the cache
-        (:func:`eval_rows`): each row's logits are the same floats as in one call on all of ``x``."""
-        rows = eval_rows(self.net)
-        if len(x) <= rows:
-            return self.net(x)
-        return torch.cat([self.net(block) for block in x.split(rows)])
+        (:func:`eval_rows`, :meth:`NonparametricMLP.evaluate`): each row's logits are the same floats as in one call
+        on all of ``x``."""
+        return self.net.evaluate(x, eval_rows(self.net))
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch

@@ -108,24 +108,35 @@ class CapNorm(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eval_stats={self.eval_stats!r}, momentum={self.momentum}"
 
-    def forward(self, z: Tensor, fan_in_norm: Tensor | None = None, relu: bool = False) -> Tensor:
+    def forward(self, z: Tensor, fan_in_norm: Tensor | None = None, relu: bool = False,
+                stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """CapNorm of ``z`` (batch, units); ``relu=True`` also applies the ReLU that follows it in a
-        hidden layer (one fused kernel on CPU)."""
+        hidden layer (one fused kernel on CPU). ``stats``: :meth:`running_stats` computed beforehand (evaluation
+        with running statistics only), in place of ``fan_in_norm``."""
         if z.shape[1] == 0:  # a layer that lost all its units
             return z
         if self.training or self.eval_stats == "batch":
+            if stats is not None:
+                raise ValueError("CapNorm: stats are for evaluation with running statistics (eval mode, "
+                                 "eval_stats='running')")
             running = self.training and self.eval_stats == "running"
             args = (z, self.running_mean, self.running_var, fan_in_norm, self.momentum, relu) if running else \
                 (z, None, None, None, 0.0, relu)
             fused = npnn_fused.capnorm_train(*args)
             return fused if fused is not None else _CapNormBatch.apply(*args)
+        mean, capped_var = self.running_stats(fan_in_norm) if stats is None else stats
+        # (z - mean) / max(sigma, 1), as one BatchNorm inference kernel: var capped at 1, eps = 0; the ReLU in
+        # place. No fused kernel: the one this replaced was slower at poker's widths (README, Fused CPU kernels)
+        out = F.batch_norm(z, mean, capped_var, training=False, eps=0.0)
+        return out.relu_() if relu else out
+
+    def running_stats(self, fan_in_norm: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The mean and the variance capped at 1 that evaluation normalizes ``z`` with: the running statistics,
+        stored per unit of fan-in length if ``fan_in_norm`` is given."""
         mean, var = self.running_mean, self.running_var
         if fan_in_norm is not None:
             mean, var = mean * fan_in_norm, var * fan_in_norm.square()
-        # (z - mean) / max(sigma, 1), as one BatchNorm inference kernel: var capped at 1, eps = 0; the ReLU in
-        # place. No fused kernel: the one this replaced was slower at poker's widths (README, Fused CPU kernels)
-        out = F.batch_norm(z, mean, var.clamp_min(1.0), training=False, eps=0.0)
-        return out.relu_() if relu else out
+        return mean, var.clamp_min(1.0)
 
     @torch.no_grad()
     def fan_ins_rescaled(self, old_lengths: Tensor, new_lengths: Tensor) -> None:
@@ -279,13 +290,17 @@ class NonparametricMLP(nn.Module):
                      fan_out=self.linears[l + 1].weight.norm(dim=0).cpu()) for l in range(self.num_hidden_layers)]
 
     # ---------------------------------------------------------------- forward
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, capnorm_stats: list[tuple[Tensor, Tensor] | None] | None = None) -> Tensor:
+        """The logits of ``x``. ``capnorm_stats``: each CapNorm's :meth:`CapNorm.running_stats` (``None`` for other
+        layers), computed once for many calls in evaluation (:meth:`evaluate`)."""
         h = x
         for l, lin in enumerate(self.linears):
             z = F.linear(h, lin.weight)
             hidden = l < self.num_hidden_layers
             norm = self.norms[l] if l < len(self.norms) else None
-            if isinstance(norm, CapNorm):  # CapNorm and, in a hidden layer, the ReLU after it: one kernel
+            if isinstance(norm, CapNorm) and capnorm_stats is not None:
+                h = z = norm(z, relu=hidden, stats=capnorm_stats[l])
+            elif isinstance(norm, CapNorm):  # CapNorm and, in a hidden layer, the ReLU after it: one kernel
                 h = z = norm(z, lin.weight.detach().norm(dim=1), relu=hidden)
             else:
                 if norm is not None:
@@ -293,6 +308,18 @@ class NonparametricMLP(nn.Module):
                 if hidden:
                     h = F.relu(z)
         return z
+
+    def evaluate(self, x: Tensor, rows: int) -> Tensor:
+        """The logits of ``x`` in evaluation mode, ``rows`` rows at a time, each CapNorm's statistics computed once
+        for all blocks: each row's logits are the same floats as ``self(x)``'s. In one call where a CapNorm
+        normalizes with each batch's own statistics (``eval_stats="batch"``), which blocks would change."""
+        batch_stats = any(isinstance(norm, CapNorm) and norm.eval_stats == "batch" for norm in self.norms)
+        if self.training or batch_stats or len(x) <= rows:
+            return self(x)
+        norms = [self.norms[l] if l < len(self.norms) else None for l in range(len(self.linears))]
+        stats = [norm.running_stats(lin.weight.detach().norm(dim=1)) if isinstance(norm, CapNorm) else None
+                 for lin, norm in zip(self.linears, norms)]
+        return torch.cat([self(block, stats) for block in x.split(rows)])
 
     # ---------------------------------------------------------- shape changes
     @staticmethod

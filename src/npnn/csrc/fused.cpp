@@ -8,7 +8,8 @@
 // npnn::count_zero_rows    all-zero rows per weight (dead units), one call for all layers.
 //
 // The arithmetic is that of the eager code in npnn.optim.AdaRad and npnn.nn (the reference;
-// tests compare them).
+// tests compare them). The work is split over torch's threads by rows (AdaRad) or by blocks of
+// units (CapNorm), never inside a sum: the floats do not depend on the number of threads.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -16,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -27,6 +29,64 @@ int64_t grain(int64_t cols, int64_t per_task = 16384) { return std::max<int64_t>
 // CapNorm's scale 1 / max(sigma, 1) = 1 / sqrt(max(var, 1)) (section 3.2)
 template <typename T>
 T cap_scale(T var) { return T(1) / std::sqrt(std::max(var, T(1))); }
+
+template <typename T>
+struct RowSums {
+  T ww, gw, gg;  // |w|^2, g.w, |g|^2 of one row
+};
+
+// |w|^2, g.w and |g|^2 of `rows` (1 or 2) consecutive rows of length n, summed in the order of
+// `#pragma omp simd reduction(+ : ww, gw, gg)` as GCC builds it for 16-byte vectors (SSE2, no -march):
+// lane k of a vector sums the elements j = k mod lanes of the whole vectors, in order; the elements past
+// them are added to lane 0; the row's sum is (((0 + lane 0) + lane 1) + ...). Two rows go through one
+// loop: the same floats, with twice the independent additions in flight (the single-row loop waits on
+// the latency of its three running sums).
+template <typename T>
+void row_sums(const T* w, const T* g, int64_t n, int64_t rows, RowSums<T>* out) {
+  typedef T V __attribute__((vector_size(16)));
+  constexpr int lanes = sizeof(V) / sizeof(T);
+  const int64_t whole = n / lanes * lanes;
+  auto load = [](const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  };
+  V ww[2] = {}, gw[2] = {}, gg[2] = {};
+  if (rows == 2) {
+    const T *w1 = w + n, *g1 = g + n;
+    for (int64_t j = 0; j < whole; j += lanes) {
+      const V a0 = load(w + j), b0 = load(g + j), a1 = load(w1 + j), b1 = load(g1 + j);
+      ww[0] += a0 * a0;
+      gw[0] += b0 * a0;
+      gg[0] += b0 * b0;
+      ww[1] += a1 * a1;
+      gw[1] += b1 * a1;
+      gg[1] += b1 * b1;
+    }
+  } else {
+    for (int64_t j = 0; j < whole; j += lanes) {
+      const V a0 = load(w + j), b0 = load(g + j);
+      ww[0] += a0 * a0;
+      gw[0] += b0 * a0;
+      gg[0] += b0 * b0;
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const T *wr = w + r * n, *gr = g + r * n;
+    for (int64_t j = whole; j < n; ++j) {
+      ww[r][0] += wr[j] * wr[j];
+      gw[r][0] += gr[j] * wr[j];
+      gg[r][0] += gr[j] * gr[j];
+    }
+    T sw = 0, sgw = 0, sg = 0;
+    for (int k = 0; k < lanes; ++k) {
+      sw += ww[r][k];
+      sgw += gw[r][k];
+      sg += gg[r][k];
+    }
+    out[r] = {sw, sgw, sg};
+  }
+}
 
 template <typename T>
 void adarad_step_impl(const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& grads,
@@ -52,16 +112,10 @@ void adarad_step_impl(const std::vector<at::Tensor>& weights, const std::vector<
     T* phi_sq = phi_sqs[l].data_ptr<T>();
     T* w_len = w_lens[l].data_ptr<T>();
     at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
+      RowSums<T> sums[2];
       for (int64_t i = begin; i < end; ++i) {
-        const T* wr = w + i * n;
-        const T* gr = g + i * n;
-        T ww = 0, gw = 0, gg = 0;
-#pragma omp simd reduction(+ : ww, gw, gg)
-        for (int64_t j = 0; j < n; ++j) {
-          ww += wr[j] * wr[j];
-          gw += gr[j] * wr[j];
-          gg += gr[j] * gr[j];
-        }
+        if ((i - begin) % 2 == 0) row_sums(w + i * n, g + i * n, n, std::min<int64_t>(2, end - i), sums);
+        const T ww = sums[(i - begin) % 2].ww, gw = sums[(i - begin) % 2].gw, gg = sums[(i - begin) % 2].gg;
         const T k = gw / std::max(ww, tiny);  // a zero row: k = 0, phi = g
         coef[i] = k;
         phi_sq[i] = std::max(gg - k * gw, T(0));  // |phi|^2 = |g|^2 - (g.w)^2 / |w|^2
@@ -80,8 +134,9 @@ void adarad_step_impl(const std::vector<at::Tensor>& weights, const std::vector<
   c_max.fill_(new_c_max);
   const T global_scale = std::sqrt(new_phi_max / new_c_max);
 
-  // pass 2: w <- A w + B g per row (lines 14-17; phi = g - coef w is never formed)
-  for (size_t l = 0; l < L; ++l) {
+  // pass 2: w <- A w + B g per row (lines 14-17; phi = g - coef w is never formed). Rows are independent now:
+  // last layer and last row first, where pass 1 left them in the cache
+  for (size_t l = L; l-- > 0;) {
     const int64_t m = weights[l].size(0), n = weights[l].size(1);
     T* w = weights[l].data_ptr<T>();
     const T* g = grads[l].data_ptr<T>();
@@ -91,7 +146,7 @@ void adarad_step_impl(const std::vector<at::Tensor>& weights, const std::vector<
     const T* phi_sq = phi_sqs[l].data_ptr<T>();
     const T* w_len = w_lens[l].data_ptr<T>();
     at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
+      for (int64_t i = end; i-- > begin;) {
         const T phi_len = std::sqrt(phi_sq[i]);
         // line 14 and 16: rotation angle alpha_phi |phi_adj|
         const T theta = T(alpha_phi) * global_scale * phi_len / std::sqrt(phibar[i] / c[i] + T(eps));
@@ -141,6 +196,16 @@ void adarad_step_(at::TensorList weights, at::TensorList grads, at::TensorList p
 // z: (batch, units), row-major. Column statistics are accumulated row by row (vectorised over
 // units). relu = true also applies the ReLU that follows CapNorm in a hidden layer.
 
+// CapNorm's work in blocks of columns (units), on the threads torch is given: a column's sums keep their row
+// order, so the floats do not depend on the number of threads; one block where the batch is small
+template <typename T, typename F>
+void for_column_blocks(int64_t B, int64_t U, const F& f) {
+  constexpr int64_t block = 64 / sizeof(T);  // a 64-byte line: no two threads write one line
+  const int64_t blocks = (U + block - 1) / block;
+  const int64_t min_blocks = std::max<int64_t>(1, 32768 / std::max<int64_t>(B * block, 1));  // ~32k elements a task
+  at::parallel_for(0, blocks, min_blocks, [&](int64_t b0, int64_t b1) { f(b0 * block, std::min(U, b1 * block)); });
+}
+
 template <typename T>
 void capnorm_forward_impl(const at::Tensor& z, at::Tensor& xhat, at::Tensor& out, at::Tensor& mean,
                           at::Tensor& var, const at::Tensor& running_mean, const at::Tensor& running_var,
@@ -151,49 +216,51 @@ void capnorm_forward_impl(const at::Tensor& z, at::Tensor& xhat, at::Tensor& out
   T* op = out.data_ptr<T>();
   T* mp = mean.data_ptr<T>();
   T* vp = var.data_ptr<T>();
-  std::fill(mp, mp + U, T(0));
-  std::fill(vp, vp + U, T(0));
-  for (int64_t i = 0; i < B; ++i) {
-    const T* r = zp + i * U;
-#pragma omp simd
-    for (int64_t j = 0; j < U; ++j) mp[j] += r[j];
-  }
-  for (int64_t j = 0; j < U; ++j) mp[j] /= T(B);
-  for (int64_t i = 0; i < B; ++i) {  // two passes: the variance of the centred values
-    const T* r = zp + i * U;
-#pragma omp simd
-    for (int64_t j = 0; j < U; ++j) vp[j] += (r[j] - mp[j]) * (r[j] - mp[j]);
-  }
   std::vector<T> scale(U);
-  for (int64_t j = 0; j < U; ++j) {
-    vp[j] /= T(B);
-    scale[j] = cap_scale(vp[j]);
-  }
-  const T* sp = scale.data();
-  for (int64_t i = 0; i < B; ++i) {
-    const T* r = zp + i * U;
-    T* x = xp + i * U;
+  T* sp = scale.data();
+  T* rm = running_mean.defined() ? running_mean.data_ptr<T>() : nullptr;
+  T* rv = running_mean.defined() ? running_var.data_ptr<T>() : nullptr;
+  const T* len = fan_in_norm.defined() ? fan_in_norm.data_ptr<T>() : nullptr;
+  for_column_blocks<T>(B, U, [&](int64_t j0, int64_t j1) {
+    std::fill(mp + j0, mp + j1, T(0));
+    std::fill(vp + j0, vp + j1, T(0));
+    for (int64_t i = 0; i < B; ++i) {
+      const T* r = zp + i * U;
 #pragma omp simd
-    for (int64_t j = 0; j < U; ++j) x[j] = (r[j] - mp[j]) * sp[j];
-    if (relu) {
-      T* o = op + i * U;
+      for (int64_t j = j0; j < j1; ++j) mp[j] += r[j];
+    }
+    for (int64_t j = j0; j < j1; ++j) mp[j] /= T(B);
+    for (int64_t i = 0; i < B; ++i) {  // two passes: the variance of the centred values
+      const T* r = zp + i * U;
 #pragma omp simd
-      for (int64_t j = 0; j < U; ++j) {
-        const T xv = x[j];
-        o[j] = xv < 0 ? T(0) : xv;  // NaN stays NaN, as in torch.relu
+      for (int64_t j = j0; j < j1; ++j) vp[j] += (r[j] - mp[j]) * (r[j] - mp[j]);
+    }
+    for (int64_t j = j0; j < j1; ++j) {
+      vp[j] /= T(B);
+      sp[j] = cap_scale(vp[j]);
+    }
+    for (int64_t i = 0; i < B; ++i) {
+      const T* r = zp + i * U;
+      T* x = xp + i * U;
+#pragma omp simd
+      for (int64_t j = j0; j < j1; ++j) x[j] = (r[j] - mp[j]) * sp[j];
+      if (relu) {
+        T* o = op + i * U;
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) {
+          const T xv = x[j];
+          o[j] = xv < 0 ? T(0) : xv;  // NaN stays NaN, as in torch.relu
+        }
       }
     }
-  }
-  if (running_mean.defined()) {  // BatchNorm-style running averages, per unit of fan-in length if given
-    T* rm = running_mean.data_ptr<T>();
-    T* rv = running_var.data_ptr<T>();
-    const T* len = fan_in_norm.defined() ? fan_in_norm.data_ptr<T>() : nullptr;
-    for (int64_t j = 0; j < U; ++j) {
-      const T l = len == nullptr ? T(1) : (len[j] == 0 ? T(1) : len[j]);  // a zero fan-in (z = 0) stores 0
-      rm[j] += T(momentum) * (mp[j] / l - rm[j]);
-      rv[j] += T(momentum) * (vp[j] / (l * l) - rv[j]);
+    if (rm != nullptr) {  // BatchNorm-style running averages, per unit of fan-in length if given
+      for (int64_t j = j0; j < j1; ++j) {
+        const T l = len == nullptr ? T(1) : (len[j] == 0 ? T(1) : len[j]);  // a zero fan-in (z = 0) stores 0
+        rm[j] += T(momentum) * (mp[j] / l - rm[j]);
+        rv[j] += T(momentum) * (vp[j] / (l * l) - rv[j]);
+      }
     }
-  }
+  });
 }
 
 // returns (out, xhat, var): out = xhat, or relu(xhat); xhat = (z - mean) / max(sigma, 1)
@@ -232,46 +299,48 @@ void capnorm_backward_impl(const at::Tensor& dy, const at::Tensor& xhat, const a
   std::vector<T> mean_e(U, T(0)), projection(U, T(0)), scale(U);
   T* me = mean_e.data();
   T* pr = projection.data();
-  for (int64_t i = 0; i < B; ++i) {
-    const T* gr = g + i * U;
-    const T* x = xp + i * U;
-    if (relu) {
+  T* sp = scale.data();
+  for_column_blocks<T>(B, U, [&](int64_t j0, int64_t j1) {
+    for (int64_t i = 0; i < B; ++i) {
+      const T* gr = g + i * U;
+      const T* x = xp + i * U;
+      if (relu) {
 #pragma omp simd
-      for (int64_t j = 0; j < U; ++j) {
-        const T gv = gr[j], xv = x[j];  // loads first: a conditional load blocks vectorisation
-        const T e = xv > 0 ? gv : T(0);
-        me[j] += e;
-        pr[j] += e * xv;
-      }
-    } else {
+        for (int64_t j = j0; j < j1; ++j) {
+          const T gv = gr[j], xv = x[j];  // loads first: a conditional load blocks vectorisation
+          const T e = xv > 0 ? gv : T(0);
+          me[j] += e;
+          pr[j] += e * xv;
+        }
+      } else {
 #pragma omp simd
-      for (int64_t j = 0; j < U; ++j) {
-        me[j] += gr[j];
-        pr[j] += gr[j] * x[j];
+        for (int64_t j = j0; j < j1; ++j) {
+          me[j] += gr[j];
+          pr[j] += gr[j] * x[j];
+        }
       }
     }
-  }
-  for (int64_t j = 0; j < U; ++j) {
-    me[j] /= T(B);
-    pr[j] = v[j] > 1 ? pr[j] / T(B) : T(0);
-    scale[j] = cap_scale(v[j]);
-  }
-  const T* sp = scale.data();
-  for (int64_t i = 0; i < B; ++i) {
-    const T* gr = g + i * U;
-    const T* x = xp + i * U;
-    T* dr = d + i * U;
-    if (relu) {
-#pragma omp simd
-      for (int64_t j = 0; j < U; ++j) {
-        const T gv = gr[j], xv = x[j];
-        dr[j] = ((xv > 0 ? gv : T(0)) - me[j] - xv * pr[j]) * sp[j];
-      }
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < U; ++j) dr[j] = (gr[j] - me[j] - x[j] * pr[j]) * sp[j];
+    for (int64_t j = j0; j < j1; ++j) {
+      me[j] /= T(B);
+      pr[j] = v[j] > 1 ? pr[j] / T(B) : T(0);
+      sp[j] = cap_scale(v[j]);
     }
-  }
+    for (int64_t i = 0; i < B; ++i) {
+      const T* gr = g + i * U;
+      const T* x = xp + i * U;
+      T* dr = d + i * U;
+      if (relu) {
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) {
+          const T gv = gr[j], xv = x[j];
+          dr[j] = ((xv > 0 ? gv : T(0)) - me[j] - xv * pr[j]) * sp[j];
+        }
+      } else {
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) dr[j] = (gr[j] - me[j] - x[j] * pr[j]) * sp[j];
+      }
+    }
+  });
 }
 
 at::Tensor capnorm_backward(const at::Tensor& dy_in, const at::Tensor& xhat, const at::Tensor& var, bool relu) {
