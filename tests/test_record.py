@@ -143,3 +143,35 @@ def test_a_resumed_compressed_record_goes_on_writing_its_unit_lengths(tmp_path):
     logger.on_fit_start(None, None)
     assert not (tmp_path / "unit_lengths.csv.xz").exists()
     assert (tmp_path / "unit_lengths.csv").read_bytes() == rows[:rows.index(b"20,")]  # the rows after it dropped
+
+
+SPEED = Path(__file__).resolve().parents[1] / "runs" / "full" / "poker" / "speed"
+
+
+def test_compare_finds_the_same_network_and_the_first_difference(tmp_path, capsys):
+    """The committed default run before and after the evaluation changes: the same network (and a CLI exit status
+    of 0); a copy with one validation error changed is found out at its step (status 1)."""
+    same, lines = record.compare(SPEED / "default_before", SPEED / "default_after")
+    assert same and lines[0].startswith("units.csv: the same") and "b / a = 0.594" in lines[-3]
+    with pytest.raises(SystemExit) as status:
+        record.main(["compare", str(SPEED / "default_before"), str(SPEED / "default_after")])
+    assert status.value.code == 0 and capsys.readouterr().out.strip().endswith("the same network")
+    changed = tmp_path / "changed"
+    for name in ("summary.json", "units.csv"):
+        (changed / name).parent.mkdir(parents=True, exist_ok=True)
+        (changed / name).write_bytes((SPEED / "default_after" / name).read_bytes())
+    metrics = lzma.decompress((SPEED / "default_after" / "logs/version_0/metrics.csv.xz").read_bytes()).decode()
+    head, *rows = metrics.splitlines()
+    column = head.split(",").index("val/error")
+    at = next(i for i, row in enumerate(rows) if i > 100 and row.split(",")[column])
+    cells = rows[at].split(",")
+    cells[column] = "0.5"
+    rows[at] = ",".join(cells)
+    (changed / "logs/version_0").mkdir(parents=True)
+    (changed / "logs/version_0/metrics.csv").write_text("\n".join([head, *rows]) + "\n")
+    same, lines = record.compare(SPEED / "default_before", changed)
+    step = float(cells[head.split(",").index("step")])
+    assert not same and f"first at step {step:.0f}" in " ".join(lines)
+    with pytest.raises(SystemExit) as status:
+        record.main(["compare", str(SPEED / "default_before"), str(changed)])
+    assert status.value.code == 1

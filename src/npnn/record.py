@@ -27,7 +27,7 @@ __all__ = ["RUN_FILES", "FINISHED", "UNFINISHED", "PHASES", "RUN_INDEPENDENT_KEY
            "SUMMARY_FIELDS", "MODEL_SUMMARY_FIELDS", "RecordError", "write_atomic", "save_atomic", "write_summary",
            "find",
            "open_text", "read_summary", "read_metrics", "read_units", "read_unit_lengths", "steps_per_epoch",
-           "run_state", "is_run_independent", "compress"]
+           "run_state", "is_run_independent", "compress", "compare", "RESULT_FIELDS"]
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,58 @@ def is_run_independent(override: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in ("hydra", *RUN_INDEPENDENT_KEYS))
 
 
+
+RESULT_FIELDS = ("hidden_sizes", "weights", "val_error", "test_error", "best_val_error", "test_error_at_best",
+                 "best_epoch", "epochs", "steps_trained", "stopped_by", "protocol")  # what a run trained, not its cost
+
+
+def compare(run_a: str | Path, run_b: str | Path) -> tuple[bool, list[str]]:
+    """Whether two ended runs trained the same network, to the last bit of what they recorded: ``units.csv``, every
+    validation's step, validation error and cross-entropy and sizes, the test error wherever both evaluated it,
+    and summary.json's :data:`RESULT_FIELDS`; with the lines that say so and the two runs' compute (b / a)."""
+    same, lines = True, []
+    units_a, units_b = read_units(run_a), read_units(run_b)
+    if units_a == units_b:
+        lines.append(f"units.csv: the same ({len(units_a)} units)")
+    else:
+        same = False
+        first = next((i for i, (u, v) in enumerate(zip(units_a, units_b)) if u != v), min(len(units_a), len(units_b)))
+        lines.append(f"units.csv: DIFFERENT from unit row {first + 1} ({len(units_a)} and {len(units_b)} units)")
+
+    def validations(run: str | Path) -> list[tuple]:
+        return [(m["step"], m["val/error"], m.get("val/ce"),
+                 tuple(v for k, v in sorted(m.items()) if k.startswith("size/")))
+                for m in read_metrics(run) if "val/error" in m]
+
+    val_a, val_b = validations(run_a), validations(run_b)
+    if val_a == val_b:
+        lines.append(f"validations: the same ({len(val_a)}: step, validation error and cross-entropy, sizes)")
+    else:
+        same = False
+        first = next((u for u, v in zip(val_a, val_b) if u != v), None)
+        lines.append(f"validations: DIFFERENT ({len(val_a)} and {len(val_b)}" +
+                     (f"; first at step {first[0]:.0f})" if first else ")"))
+    test_a = {m["step"]: m["test/error"] for m in read_metrics(run_a) if "test/error" in m}
+    test_b = {m["step"]: m["test/error"] for m in read_metrics(run_b) if "test/error" in m}
+    both = sorted(set(test_a) & set(test_b))
+    unequal = [step for step in both if test_a[step] != test_b[step]]
+    same &= not unequal
+    lines.append(f"test error: evaluated at {len(test_a)} and {len(test_b)} validations; at the {len(both)} of both "
+                 + (f"DIFFERENT at {len(unequal)}, first at step {unequal[0]:.0f}" if unequal else "the same"))
+    summary_a, summary_b = read_summary(run_a) or {}, read_summary(run_b) or {}
+    for key in RESULT_FIELDS:
+        if summary_a.get(key) != summary_b.get(key):
+            same = False
+            lines.append(f"summary.json {key}: DIFFERENT ({summary_a.get(key)!r} and {summary_b.get(key)!r})")
+    results_same = all(summary_a.get(k) == summary_b.get(k) for k in RESULT_FIELDS)
+    lines.append(f"summary.json: {'the same' if results_same else 'DIFFERENT'} {', '.join(RESULT_FIELDS)}")
+    for key in ("cpu_time_s", "wall_time_s", "threads"):
+        a, b = summary_a.get(key), summary_b.get(key)
+        ratio = f" (b / a = {b / a:.3f})" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a and \
+            key != "threads" else ""
+        lines.append(f"{key}: {a} and {b}{ratio}")
+    return same, lines
+
 # ------------------------------------------------------------- compression
 def compress(dirs: Iterable[str | Path], remove: Iterable[str] = ()) -> list[Path]:
     """xz-compress the per-step logs (``metrics.csv``, ``unit_lengths.csv``) of every ended run under ``dirs``
@@ -296,10 +348,18 @@ def main(argv: list[str] | None = None) -> None:
     pack.add_argument("dirs", nargs="+", type=Path)
     pack.add_argument("--remove", nargs="*", default=[], metavar="NAME",
                       help="also delete these files of each run (e.g. hparams.yaml train.log)")
+    same = sub.add_parser("compare", help="whether two ended runs trained the same network (exit status 1 if "
+                                          "not), and their compute")
+    same.add_argument("dirs", nargs=2, type=Path, metavar="RUN")
     args = parser.parse_args(argv)
     missing = [str(d) for d in args.dirs if not d.is_dir()]
     if missing:
         parser.error(f"no such directory: {', '.join(missing)}")
+    if args.command == "compare":
+        identical, lines = compare(*args.dirs)
+        print("\n".join(f"  {line}" for line in [f"a: {args.dirs[0]}", f"b: {args.dirs[1]}", *lines]))
+        print("the same network" if identical else "DIFFERENT networks")
+        raise SystemExit(0 if identical else 1)
     before = sum(p.stat().st_size for d in args.dirs for p in d.rglob("*") if p.is_file())
     written = compress(args.dirs, args.remove)
     after = sum(p.stat().st_size for d in args.dirs for p in d.rglob("*") if p.is_file())
