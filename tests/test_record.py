@@ -175,3 +175,6 @@ def test_compare_finds_the_same_network_and_the_first_difference(tmp_path, capsy
     with pytest.raises(SystemExit) as status:
         record.main(["compare", str(SPEED / "default_before"), str(changed)])
     assert status.value.code == 1
+    with pytest.raises(SystemExit) as status:  # a folder that is not a run: a one-line error, no traceback
+        record.main(["compare", str(SPEED / "default_before"), str(tmp_path)])
+    assert status.value.code == 2 and "units.csv is missing" in capsys.readouterr().err

@@ -356,7 +356,10 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         parser.error(f"no such directory: {', '.join(missing)}")
     if args.command == "compare":
-        identical, lines = compare(*args.dirs)
+        try:
+            identical, lines = compare(*args.dirs)
+        except (FileNotFoundError, RecordError) as err:
+            parser.error(str(err))
         print("\n".join(f"  {line}" for line in [f"a: {args.dirs[0]}", f"b: {args.dirs[1]}", *lines]))
         print("the same network" if identical else "DIFFERENT networks")
         raise SystemExit(0 if identical else 1)
