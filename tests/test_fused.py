@@ -231,6 +231,18 @@ def test_the_kernels_give_the_same_floats_with_any_thread_count():
     before = torch.get_num_threads()
     try:
         one, four = run(1), run(4)
+        assert npnn.fused.parallel_threads() == 4  # the four threads were used: the build has OpenMP
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(a, b) for a, b in zip(one, four))
+
+
+def test_the_kernels_run_on_the_threads_torch_is_given():
+    """at::parallel_for is a serial loop in a build without OpenMP: the kernels must get torch's threads."""
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            assert npnn.fused.parallel_threads() == threads
+    finally:
+        torch.set_num_threads(before)

@@ -58,11 +58,13 @@ def _ninja_on_path() -> None:
 def _build(verbose: bool) -> None:
     from torch.utils.cpp_extension import load as build
 
-    # -fopenmp-simd: vectorise the row reductions (no OpenMP runtime); no -march=native, so a build
-    # cache shared by the nodes of a cluster runs on all of them
+    # -fopenmp: at::parallel_for runs on torch's threads only where _OPENMP is defined (serially otherwise);
+    # the library then needs libgomp.so.1, which resolves to the copy torch has loaded (one thread pool,
+    # torch.set_num_threads governs it). No -march=native, so a build cache shared by the nodes of a
+    # cluster runs on all of them
     with _build_lock():
-        build(name="npnn_fused", sources=[str(_SOURCE)], extra_cflags=["-O3", "-fopenmp-simd"],
-              is_python_module=False, verbose=verbose)
+        build(name="npnn_fused", sources=[str(_SOURCE)], extra_cflags=["-O3", "-fopenmp"],
+              extra_ldflags=["-fopenmp"], is_python_module=False, verbose=verbose)
 
 
 def wait_limit() -> float:
@@ -186,6 +188,12 @@ def count_zero_rows(weights: list[torch.Tensor]) -> list[int] | None:
     return torch.ops.npnn.count_zero_rows([w.detach() for w in weights])
 
 
+def parallel_threads() -> int:
+    """How many threads the kernels' parallel loops run on (``torch.get_num_threads()`` where the build has
+    OpenMP); 0 where the kernels are not available."""
+    return int(torch.ops.npnn.parallel_threads()) if load() else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m npnn.fused``: build the kernels verbosely and say whether they work."""
     import argparse
@@ -199,7 +207,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("NPNN_FUSED=0 is set: the fused kernels are switched off")
     _ninja_on_path()
     _build(verbose=True)
-    print(f"npnn fused kernels: {'ready' if load() else 'NOT available: ' + str(_state['error'])}")
+    if load():
+        print(f"npnn fused kernels: ready, on {parallel_threads()} of torch's {torch.get_num_threads()} threads")
+    else:
+        print(f"npnn fused kernels: NOT available: {_state['error']}")
 
 
 if __name__ == "__main__":

@@ -305,12 +305,10 @@ class AdaRad(_GlobalMaxima, Optimizer):
         if why is None and not (npnn_fused.active(params[0]) if self.fused is None else npnn_fused.load()):
             why = "the fused kernels are not available (see the warning of npnn.fused) or are switched off"
         if why is None:
-            states = []
-            for p in params:
-                state = self.state[p]
-                if not state or state["phibar"].shape[0] != p.shape[0] or state["c"].shape[0] != p.shape[0]:
-                    state = self._init_state(p)  # a new weight's state, or the error that names a stale one
-                states.append(state)
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states):
+                if not state:
+                    self._init_state(p)  # a new weight: zero state, in the same dict
             if self.phi_max is None:  # line 2
                 self.phi_max, self.c_max = params[0].new_zeros(()), params[0].new_zeros(())
             group = self.param_groups[0]
@@ -321,6 +319,8 @@ class AdaRad(_GlobalMaxima, Optimizer):
                                         group["alpha_phi"], group["beta"], group["eps"], tau)
                 return True
             except RuntimeError:
+                for p in params:
+                    self._init_state(p)  # the error that names a state that no longer fits its weight
                 why = self._why_not_fused(params)
                 if why is None:  # the tensors were fine: a real failure
                     raise

@@ -89,28 +89,32 @@ void row_sums(const T* w, const T* g, int64_t n, int64_t rows, RowSums<T>* out) 
 }
 
 template <typename T>
-void adarad_step_impl(const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& grads,
-                      const std::vector<at::Tensor>& phibars, const std::vector<at::Tensor>& cs,
+void adarad_step_impl(at::TensorList weights, at::TensorList grads, at::TensorList phibars, at::TensorList cs,
                       const at::Tensor& phi_max, const at::Tensor& c_max, double alpha_r, double alpha_phi,
                       double beta, double eps, double tau) {
   const T tiny = std::numeric_limits<T>::min();
   const size_t L = weights.size();
-  std::vector<at::Tensor> coefs(L), phi_sqs(L), w_lens(L);
-  T new_phi_max = phi_max.item<T>(), new_c_max = c_max.item<T>();
+  // per row: coef, |phi|^2 and |w| from pass 1 for pass 2, in one buffer (offsets[l]: layer l's first row)
+  std::vector<int64_t> offsets(L + 1, 0);
+  for (size_t l = 0; l < L; ++l) offsets[l + 1] = offsets[l] + weights[l].size(0);
+  std::vector<T> scratch(3 * offsets[L]);
+  T* const coefs = scratch.data();
+  T* const phi_sqs = coefs + offsets[L];
+  T* const w_lens = phi_sqs + offsets[L];
+  T* const phi_max_p = phi_max.data_ptr<T>();
+  T* const c_max_p = c_max.data_ptr<T>();
+  T new_phi_max = *phi_max_p, new_c_max = *c_max_p;
 
   // pass 1: per row |w|^2, g.w, |g|^2 -> r = coef w, |phi|^2 (line 11); running averages (line 12)
   for (size_t l = 0; l < L; ++l) {
     const int64_t m = weights[l].size(0), n = weights[l].size(1);
-    coefs[l] = at::empty({m}, weights[l].options());
-    phi_sqs[l] = at::empty({m}, weights[l].options());
-    w_lens[l] = at::empty({m}, weights[l].options());
     const T* w = weights[l].data_ptr<T>();
     const T* g = grads[l].data_ptr<T>();
     T* phibar = phibars[l].data_ptr<T>();
     T* c = cs[l].data_ptr<T>();
-    T* coef = coefs[l].data_ptr<T>();
-    T* phi_sq = phi_sqs[l].data_ptr<T>();
-    T* w_len = w_lens[l].data_ptr<T>();
+    T* coef = coefs + offsets[l];
+    T* phi_sq = phi_sqs + offsets[l];
+    T* w_len = w_lens + offsets[l];
     at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
       RowSums<T> sums[2];
       for (int64_t i = begin; i < end; ++i) {
@@ -130,8 +134,8 @@ void adarad_step_impl(const std::vector<at::Tensor>& weights, const std::vector<
       new_c_max = std::max(new_c_max, c[i]);
     }
   }
-  phi_max.fill_(new_phi_max);
-  c_max.fill_(new_c_max);
+  *phi_max_p = new_phi_max;
+  *c_max_p = new_c_max;
   const T global_scale = std::sqrt(new_phi_max / new_c_max);
 
   // pass 2: w <- A w + B g per row (lines 14-17; phi = g - coef w is never formed). Rows are independent now:
@@ -142,9 +146,9 @@ void adarad_step_impl(const std::vector<at::Tensor>& weights, const std::vector<
     const T* g = grads[l].data_ptr<T>();
     const T* phibar = phibars[l].data_ptr<T>();
     const T* c = cs[l].data_ptr<T>();
-    const T* coef = coefs[l].data_ptr<T>();
-    const T* phi_sq = phi_sqs[l].data_ptr<T>();
-    const T* w_len = w_lens[l].data_ptr<T>();
+    const T* coef = coefs + offsets[l];
+    const T* phi_sq = phi_sqs + offsets[l];
+    const T* w_len = w_lens + offsets[l];
     at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
       for (int64_t i = end; i-- > begin;) {
         const T phi_len = std::sqrt(phi_sq[i]);
@@ -183,12 +187,12 @@ void adarad_step_(at::TensorList weights, at::TensorList grads, at::TensorList p
                   "adarad_step_: tensors must be contiguous CPU tensors of one dtype");
     }
   }
-  TORCH_CHECK(phi_max.numel() == 1 && c_max.numel() == 1 && phi_max.scalar_type() == dtype &&
-                  c_max.scalar_type() == dtype, "adarad_step_: phi_max and c_max must be scalars of the weights' dtype");
-  std::vector<at::Tensor> w(weights.begin(), weights.end()), g(grads.begin(), grads.end()),
-      pb(phibars.begin(), phibars.end()), c(cs.begin(), cs.end());
+  for (const at::Tensor* t : {&phi_max, &c_max}) {
+    TORCH_CHECK(t->numel() == 1 && t->scalar_type() == dtype && t->device().is_cpu(),
+                "adarad_step_: phi_max and c_max must be CPU scalars of the weights' dtype");
+  }
   AT_DISPATCH_FLOATING_TYPES(dtype, "adarad_step_", [&] {
-    adarad_step_impl<scalar_t>(w, g, pb, c, phi_max, c_max, alpha_r, alpha_phi, beta, eps, tau);
+    adarad_step_impl<scalar_t>(weights, grads, phibars, cs, phi_max, c_max, alpha_r, alpha_phi, beta, eps, tau);
   });
 }
 
@@ -376,6 +380,17 @@ std::vector<int64_t> count_zero_rows(at::TensorList weights) {
   return counts;
 }
 
+// The number of threads at::parallel_for gives this library's kernels: torch's thread count where the
+// build has OpenMP, 1 where it has not (then at::parallel_for is a plain loop)
+int64_t parallel_threads() {
+  std::vector<char> seen(std::max(at::get_num_threads(), 1), 0);
+  at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) {
+    const int tid = at::get_thread_num();
+    if (tid >= 0 && tid < static_cast<int>(seen.size())) seen[tid] = 1;
+  });
+  return std::count(seen.begin(), seen.end(), 1);
+}
+
 // CapNorm of a training batch with its backward, as one autograd op: no Python between the two kernels
 class CapNormTrain : public torch::autograd::Function<CapNormTrain> {
  public:
@@ -410,6 +425,7 @@ TORCH_LIBRARY(npnn, m) {
   m.def("adarad_step_(Tensor(a!)[] weights, Tensor[] grads, Tensor(b!)[] phibar, Tensor(c!)[] c, "
         "Tensor(d!) phi_max, Tensor(e!) c_max, float alpha_r, float alpha_phi, float beta, float eps, float tau) -> ()");
   m.def("count_zero_rows(Tensor[] weights) -> int[]");
+  m.def("parallel_threads() -> int", &parallel_threads);
   m.def("capnorm_train(Tensor z, Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor? fan_in_norm, "
         "float momentum, bool relu) -> Tensor",
         &capnorm_train);  // CompositeImplicitAutograd: the autograd function above records the graph
