@@ -1,5 +1,6 @@
 """python -m npnn.figures: Fig. 2, Figs. 3-4 and Table 2 from small hand-made run outputs."""
 import json
+import math
 
 import pytest
 
@@ -16,6 +17,7 @@ from npnn.figures import (
     tracking_marks,
 )
 from npnn.figures.fig2 import FIG2_STYLE
+from npnn.figures.table2 import seed_lines
 from npnn.sweeps import gather
 
 SUMMARY = {"dataset": "mnist", "model": "nonparametric", "norm": "capnorm", "optimizer": "AdaRad", "step_size": 10,
@@ -209,6 +211,37 @@ def test_table2_puts_the_lowest_vce_p_run_of_each_size_beside_the_papers_row(tmp
     assert "| 30-20-15-5 | 300 | 0.05% | 0.3% | 30.0 | - | " \
         "ties the lowest VCE (a tie goes to the first run directory " \
         "by name) |" in text
+
+
+def test_table2_seeds_pair_each_np_run_with_the_p_pick_of_its_sizes_and_test_the_difference(tmp_path):
+    poker = dict(dataset="poker", stopped_by="protocol", **{"lambda": 1e-6})
+    for seed, (sizes, errors) in enumerate([([20, 20, 20, 20], 17), ([18, 22, 22, 10], 20), ([22, 26, 27, 11], 4),
+                                            ([21, 25, 28, 12], 8), ([30, 30, 30, 30], 13)]):
+        make_run(tmp_path / "np" / f"seed={seed}", ["lambda=1e-6", f"seed={seed}"], seed=seed, hidden_sizes=sizes,
+                 weights=1e3, val_error=errors * 1e-5, test_error=errors * 1e-5, **poker)
+    make_run(tmp_path / "np" / "seed=5", ["lambda=1e-6", "seed=5"], seed=5, hidden_sizes=[9, 9, 9, 9],
+             **{**poker, "stopped_by": "signal"})  # not ended: not a seed of the comparison
+    rmsprop = dict(dataset="poker", model="parametric", optimizer="rmsprop", **{"lambda": 0.0})
+    for sizes, picks in [([20, 20, 20, 20], [(300, 0.0, 5), (100, 1e-5, 1)]), ([18, 22, 22, 10], [(100, 0.0, 3)]),
+                         ([22, 26, 27, 11], [(30, 0.0, 6)]), ([21, 25, 28, 12], [(100, 1e-5, 2)])]:
+        for alpha, vce, errors in picks:  # the lowest VCE picks, not the lowest test error
+            make_run(tmp_path / "p" / f"{sizes[0]}-{alpha}", [f"optimizer.alpha={alpha}"], step_size=alpha,
+                     hidden_sizes=sizes, weights=1e3, val_error=vce, test_error=errors * 1e-5, **rmsprop)
+    text = table2([tmp_path / "np" / "seed=0"], [tmp_path / "p"], None, tmp_path / "out", [tmp_path / "np"])
+    seeds = text.split("## lambda = 1e-06: 5 NP runs (seeds)")[1]
+    assert "| 0 | 20-20-20-20 | 0.017% | 17 | 300 (2) | 0% | 5 | " in seeds
+    assert "| 4 | 30-30-30-30 | 0.013% | 13 | - | - | - | " in seeds
+    assert "NP test errors over the 5 runs: 4, 8, 13, 17, 20 (median 13; of 100,000 test hands); " \
+        "the paper's one run: 0.001%." in seeds
+    assert "P at the same sizes (4 of the 5): 2, 3, 5, 6 (median 4)." in seeds
+    # NP 17-5, 20-3, 4-6, 8-2: more in 3, fewer in 1; p = 2 * P(Binomial(4, 1/2) <= 1) = 2 * 5/16
+    assert "NP makes more errors than P in 3, fewer in 1, as many in 0; exact two-sided p = 0.625." in seeds
+    # pooled: 49 of 65 errors are NP's; 2 * P(Binomial(65, 1/2) >= 49), the rate ratio 49/16
+    tail = sum(math.comb(65, i) for i in range(49, 66)) / 2 ** 65
+    assert f"Pooled: NP 49 and P 16 errors; at one error rate NP's share of the 65 would be Binomial(65, 1/2): " \
+        f"exact two-sided p = {2 * tail:.3g}; the rate ratio NP / P is 3.06, exact 95% interval " in seeds
+    assert "## lambda" not in text.split("## lambda = 1e-06")[0]  # one setting of several seeds
+    assert seed_lines([], []) == []
 
 
 def test_the_figures_command_names_a_missing_directory_and_an_empty_one(tmp_path, capsys):

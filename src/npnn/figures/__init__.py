@@ -3,7 +3,7 @@
 Each artefact writes a Markdown table (and, for figures, PNG and PDF) into ``--out``, with the
 paper's numbers beside ours where the paper gives them:
 
-- ``table2 --np DIR.. [--p DIR..] [--baselines JSON]``: Table 2 (poker) from run directories.
+- ``table2 --np DIR.. [--p DIR..] [--baselines JSON] [--seeds DIR..]``: Table 2 (poker) from run directories.
 - ``fig2 --np DIR.. [--p DIR..] [--random DIR..]``: Fig. 2, test error against size, from sweeps.
 - ``fig3 NP_RUN [--sgd RUN] [--rmsprop RUN]``: Figs. 3 (A-F) and 4 from one NP run and its P comparisons.
 - ``claim --np RUN.. --random DIR``: the practical claim, one NP run's CPU time against the CPU time a random
@@ -46,18 +46,21 @@ def main(argv: list[str] | None = None) -> None:
     t2.add_argument("--np", nargs="+", required=True, metavar="DIR", help="NP poker runs (the table2_np_* experiments)")
     t2.add_argument("--p", nargs="*", default=[], metavar="DIR", help="P sweeps (hparams_search=p_rmsprop_poker)")
     t2.add_argument("--baselines", default=None, metavar="JSON", help="python -m npnn.baselines --out JSON")
+    t2.add_argument("--seeds", nargs="*", default=[], metavar="DIR",
+                    help="more NP runs (other seeds): each against the P net of its sizes, with exact tests")
     cl = sub.add_parser("claim", help="the practical claim: one NP run's CPU time against a random search's")
     cl.add_argument("--np", nargs="+", required=True, metavar="DIR", help="NP runs (each a finished run)")
     cl.add_argument("--random", nargs="+", required=True, metavar="DIR", help="the random search (p_random)")
     for p in (f2, f3, t2, cl):
         p.add_argument("--out", default="results", help="the results folder (default: results)")
     args = parser.parse_args(argv)
-    for d in [*getattr(args, "np", []), *getattr(args, "p", []), *getattr(args, "random", [])]:
+    for d in [*getattr(args, "np", []), *getattr(args, "p", []), *getattr(args, "random", []),
+              *getattr(args, "seeds", [])]:
         if not Path(d).is_dir():
             parser.error(f"no such directory: {d}")
     try:
         if args.artefact == "table2":
-            print(table2(args.np, args.p, args.baselines, args.out))
+            print(table2(args.np, args.p, args.baselines, args.out, args.seeds))
             written = [Path(args.out) / "table2.md"]
         elif args.artefact == "claim":
             written = claim(args.np, args.random, args.out)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from npnn.data.poker import POKER_SPLIT
 from npnn.figures.common import hydra_config, pct
 from npnn.record import FINISHED, UNFINISHED
 from npnn.sweeps import gather, representatives
@@ -36,10 +37,13 @@ def _unended(run: dict[str, Any]) -> str:
     return f"{'not ended' if run['stopped_by'] in UNFINISHED else 'failed'} ({run['stopped_by']})"
 
 
-def table2(np_dirs, p_dirs=(), baselines: str | Path | None = None, out: str | Path = "results") -> str:
+def table2(np_dirs, p_dirs=(), baselines: str | Path | None = None, out: str | Path = "results",
+           seed_dirs=()) -> str:
     """Table 2 (poker): the baselines (``python -m npnn.baselines --out FILE``'s JSON), the NP runs (one row per
     setting: its representative), and per P size the run with the lowest VCE (7.4.2 step 2), beside the paper's
-    rows (a P row of ours sits beside the paper's P row of the NP row whose size it has)."""
+    rows (a P row of ours sits beside the paper's P row of the NP row whose size it has). With ``seed_dirs`` (more
+    NP runs: other seeds), per lambda of several NP runs each run against the P pick at its sizes, and exact
+    tests of the difference (:func:`seed_lines`)."""
     lines = ["# Table 2 (poker): test classification error", "",
              "| model | lambda | starting size | final size | test error | epochs | wall | the paper |",
              "|---" * 8 + "|"]
@@ -80,6 +84,10 @@ def table2(np_dirs, p_dirs=(), baselines: str | Path | None = None, out: str | P
                      f"unchanged | {pct(float(best['test_error']))} | {float(best['epochs']):.1f} | "
                      f"{_wall(best)} | {paper or '-'} |")
     lines += _p_grid_lines(p_all, bests)
+    if seed_dirs:
+        seed_rows = {r["run_dir"]: r for r in gather([*np_dirs, *seed_dirs])  # a run given twice counts once
+                     if r["model"] == "nonparametric" and r["dataset"] == "poker"}
+        lines += seed_lines(list(seed_rows.values()), p_rows)
     text = "\n".join(lines) + "\n"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,3 +121,71 @@ def _p_grid_lines(p_all: list[dict[str, Any]], bests: dict[str, dict[str, Any]])
             lines.append(f"| {sizes} | {float(r['step_size']):g} | {vce} | {tce} | {float(r['epochs']):.1f} | {cpu} | "
                          f"{note} |")
     return lines
+
+
+def _hands(error: float) -> int:
+    """A test error as a number of the 100,000 test hands."""
+    return round(float(error) * POKER_SPLIT[2])
+
+
+def seed_lines(np_rows: list[dict[str, Any]], p_rows: list[dict[str, Any]]) -> list[str]:
+    """Per lambda with two or more ended NP runs (seeds): each run's test errors against those of the P net of its
+    sizes with the lowest VCE (7.4.2 step 2; no test error picks anything), and two exact tests of NP against P:
+    the sign test over the seeds (is one better at most seeds?) and, pooled, the conditional binomial test (two
+    Poisson counts at one rate split as Binomial(k + m, 1/2)) with the exact 95% interval of the rate ratio. The
+    pooled test counts every error as independent, so the spread between seeds makes it too sure of itself."""
+    from scipy.stats import binomtest
+
+    by_lambda: dict[float, list[dict[str, Any]]] = {}
+    for run in np_rows:
+        if run["stopped_by"] in FINISHED:
+            by_lambda.setdefault(float(run["lambda"]), []).append(run)
+    lines = []
+    for lam, runs in sorted(by_lambda.items(), key=lambda kv: -kv[0]):
+        if len(runs) < 2:
+            continue
+        runs.sort(key=lambda r: (int(r["seed"] or 0), r["run_dir"]))
+        paper = PAPER_TABLE2["np"].get(lam)
+        lines += ["", f"## lambda = {lam:g}: {len(runs)} NP runs (seeds), each against the P net of its sizes", "",
+                  "| seed | NP final size | NP VCE | NP test errors | P: alpha (lowest VCE of) | P VCE | P test errors "
+                  "| NP record |", "|---" * 8 + "|"]
+        pairs = []
+        for run in runs:
+            at_size = [r for r in p_rows if r["hidden_sizes"] == run["hidden_sizes"]]
+            errors = _hands(run["test_error"])
+            p_cells = "| - | - | -"
+            if at_size:
+                best = min(at_size, key=lambda r: (float(r["val_error"]), r["run_dir"]))
+                pairs.append((errors, _hands(best["test_error"])))
+                p_cells = (f"| {float(best['step_size']):g} ({len(at_size)}) | {pct(float(best['val_error']))} | "
+                           f"{pairs[-1][1]}")
+            lines.append(f"| {run['seed']} | {run['hidden_sizes']} | {pct(float(run['val_error']))} | {errors} "
+                         f"{p_cells} | `{run['run_dir']}` |")
+        np_errors = sorted(_hands(r["test_error"]) for r in runs)
+        lines += ["", f"NP test errors over the {len(runs)} runs: {', '.join(map(str, np_errors))} (median "
+                      f"{_median(np_errors):g}; of {POKER_SPLIT[2]:,} test hands)"
+                      + (f"; the paper's one run: {paper[2]}." if paper else ".")]
+        if pairs:
+            nps, ps = [a for a, _ in pairs], [b for _, b in pairs]
+            more, fewer = sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
+            sign_p = binomtest(more, more + fewer).pvalue if more + fewer else 1.0
+            lines.append(f"P at the same sizes ({len(pairs)} of the {len(runs)}): {', '.join(map(str, sorted(ps)))} "
+                         f"(median {_median(ps):g}).")
+            lines.append(f"Sign test over the pairs: NP makes more errors than P in {more}, fewer in {fewer}, as many "
+                         f"in {len(pairs) - more - fewer}; exact two-sided p = {sign_p:.3g}.")
+            k, m = sum(nps), sum(ps)
+            if k + m:
+                pooled = binomtest(k, k + m)
+                ci = pooled.proportion_ci(method="exact")
+                ratio = "inf" if m == 0 else f"{k / m:.3g}"
+                high = "inf" if ci.high >= 1 else f"{ci.high / (1 - ci.high):.3g}"
+                lines.append(f"Pooled: NP {k} and P {m} errors; at one error rate NP's share of the {k + m} would "
+                             f"be Binomial({k + m}, 1/2): exact two-sided p = {pooled.pvalue:.3g}; the rate ratio "
+                             f"NP / P is {ratio}, exact 95% interval {ci.low / (1 - ci.low):.3g} to {high}.")
+    return lines
+
+
+def _median(values: list[int]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return float(ordered[middle]) if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
