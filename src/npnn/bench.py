@@ -38,6 +38,7 @@ import logging
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -450,19 +451,40 @@ PROFILE_PARTS = (  # (label, owner, method): disjoint parts of an epoch, each ti
 )
 
 
+def _default_run(sizes: list[int], epochs: int, overrides=()):
+    """The default run's config (``python train.py``) at hidden ``sizes`` from the start, for ``epochs``."""
+    from hydra.errors import HydraException
+
+    from npnn.config import compose
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    try:
+        return compose(f"model.start_units={list(sizes)}", f"trainer.max_epochs={epochs}",
+                       "trainer.enable_progress_bar=false", *overrides)
+    except HydraException as err:
+        raise SystemExit(f"npnn.bench: the config overrides (--set) do not compose: {err}") from None
+
+
+def _fit(cfg) -> tuple[Any, Any, float, float]:
+    """One fit of ``cfg`` in a temporary run directory: the trainer, the module, wall and CPU seconds."""
+    import tempfile
+
+    from npnn.train import build
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer, module, dm = build(cfg, run_dir)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        trainer.fit(module, datamodule=dm)
+        return trainer, module, time.perf_counter() - start, time.process_time() - start_cpu
+
+
 def bench_profile(sizes: list[int], epochs: int, overrides: list[str] = ()) -> dict[str, float]:
     """CPU seconds of each part of the default run's epochs (``python train.py``: poker, lambda = 1e-6), at hidden
     ``sizes`` from the start (the default run ends at 231-283-274-111): each part timed around its method
     (:data:`PROFILE_PARTS`), the rest (Lightning's loop, batching) by difference from the whole fit."""
     import importlib
-    import tempfile
 
-    from npnn.config import compose
-    from npnn.train import build
-
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    cfg = compose(f"model.start_units={list(sizes)}", f"trainer.max_epochs={epochs}",
-                  "trainer.enable_progress_bar=false", *overrides)
+    cfg = _default_run(sizes, epochs, overrides)
     spent = {label: 0.0 for label, _, _ in PROFILE_PARTS}
     patched = []
     for label, owner, method in PROFILE_PARTS:
@@ -483,11 +505,7 @@ def bench_profile(sizes: list[int], epochs: int, overrides: list[str] = ()) -> d
         patched.append((cls, method, original))
         setattr(cls, method, timed)
     try:
-        with tempfile.TemporaryDirectory() as run_dir:
-            trainer, module, dm = build(cfg, run_dir)
-            start = time.process_time()
-            trainer.fit(module, datamodule=dm)
-            total = time.process_time() - start
+        _, module, _, total = _fit(cfg)
     finally:
         for cls, method, original in reversed(patched):
             setattr(cls, method, original)
@@ -509,14 +527,7 @@ def bench_threads(sizes: list[int], epochs: int, threads: list[int], rounds: int
     each number of torch threads in ``threads``, in interleaved rounds: the median per count and its ratio to
     the first. npnn's kernels give the same floats with any count (they split work by rows or columns);
     each count's final validation error is printed, as the BLAS may round otherwise with another count."""
-    import tempfile
-
-    from npnn.config import compose
-    from npnn.train import build
-
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    cfg = compose(f"model.start_units={list(sizes)}", f"trainer.max_epochs={epochs}",
-                  "trainer.enable_progress_bar=false", *overrides)
+    cfg = _default_run(sizes, epochs, overrides)
     before = torch.get_num_threads()
     wall: dict[int, list[float]] = {n: [] for n in threads}
     cpu: dict[int, list[float]] = {n: [] for n in threads}
@@ -525,13 +536,10 @@ def bench_threads(sizes: list[int], epochs: int, threads: list[int], rounds: int
         for _ in range(rounds):
             for n in threads:
                 torch.set_num_threads(n)
-                with tempfile.TemporaryDirectory() as run_dir:
-                    trainer, module, dm = build(cfg, run_dir)
-                    start, start_cpu = time.perf_counter(), time.process_time()
-                    trainer.fit(module, datamodule=dm)
-                    wall[n].append(time.perf_counter() - start)
-                    cpu[n].append(time.process_time() - start_cpu)
-                    errors[n] = float(trainer.callback_metrics["val/error"])
+                trainer, _, seconds, cpu_seconds = _fit(cfg)
+                wall[n].append(seconds)
+                cpu[n].append(cpu_seconds)
+                errors[n] = float(trainer.callback_metrics["val/error"])
     finally:
         torch.set_num_threads(before)
     print(f"torch {torch.__version__}; python train.py at hidden sizes {'-'.join(map(str, sizes))} from the start, "
@@ -621,6 +629,7 @@ def main(argv: list[str] | None = None) -> None:
                            help="thread counts to compare, the first the baseline (default: 1 and torch's choice)")
     p_threads.add_argument("--rounds", type=int, default=3)
     p_threads.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides of the app")
+    p_threads.set_defaults(threads=None)  # it sets the counts itself
     p_table1 = sub.add_parser("table1", help="Table 1 of the paper measured (optimizer step cost per weight) "
                                              "into OUT/table1.md")
     p_table1.add_argument("--rounds", type=int, default=30)
@@ -631,7 +640,7 @@ def main(argv: list[str] | None = None) -> None:
     p_sklearn.add_argument("--rounds", type=int, default=1)
     p_sklearn.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    if getattr(args, "threads", None):
+    if args.threads:
         torch.set_num_threads(args.threads)
     if args.what == "optimizer":
         bench_optimizer(args.shapes, args.rounds, args.steps)

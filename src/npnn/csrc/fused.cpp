@@ -119,7 +119,8 @@ void adarad_step_impl(at::TensorList weights, at::TensorList grads, at::TensorLi
       RowSums<T> sums[2];
       for (int64_t i = begin; i < end; ++i) {
         if ((i - begin) % 2 == 0) row_sums(w + i * n, g + i * n, n, std::min<int64_t>(2, end - i), sums);
-        const T ww = sums[(i - begin) % 2].ww, gw = sums[(i - begin) % 2].gw, gg = sums[(i - begin) % 2].gg;
+        const RowSums<T>& row = sums[(i - begin) % 2];
+        const T ww = row.ww, gw = row.gw, gg = row.gg;
         const T k = gw / std::max(ww, tiny);  // a zero row: k = 0, phi = g
         coef[i] = k;
         phi_sq[i] = std::max(gg - k * gw, T(0));  // |phi|^2 = |g|^2 - (g.w)^2 / |w|^2
