@@ -290,6 +290,17 @@ def test_reproduce_sh_refuses_bad_arguments_before_it_runs_anything(tmp_path, ar
     assert usage.returncode == 0 and "bash reproduce.sh [--quick]" in usage.stdout
 
 
+def test_within_noise_is_the_exact_test_of_two_error_counts():
+    from npnn.figures.claim import within_noise
+
+    assert within_noise(4e-5, 1e-5, 100_000)  # 4 hands against 1: p = 2 * (1 + 5) / 32 = 0.375
+    assert within_noise(0.0006, 0.0005, 100_000) and within_noise(0.0001, 0.0005, 100_000)  # fewer: always
+    assert not within_noise(0.0010, 0.0004, 100_000)  # 100 against 40
+    assert within_noise(7e-5, 1e-5, 100_000)  # 7 against 1: p = 2 * (1 + 8) / 256 = 0.070
+    assert not within_noise(8e-5, 1e-5, 100_000)  # 8 against 1: p = 2 * (1 + 9) / 512 = 0.039
+    assert not within_noise(float("nan"), 0.01, 10_000)  # a failed pick matches nothing
+
+
 def random_search(tmp_path, trials):
     """A random search's run directories: (job number, VCE, TCE, CPU seconds, stopped_by) per trial."""
     p = dict(model="parametric", norm="batchnorm", optimizer="sgd", step_size=100, hidden_sizes=[90, 20])
@@ -320,6 +331,8 @@ def test_the_claim_follows_the_search_in_draw_order_and_picks_by_vce(tmp_path):
     # 1.1%: the pick never (1.2% at the end), the oracle at trial 3; 1.3%: the pick at trial 4
     assert "| 1.1% | 0.50 h | not reached (4 trials) | 2.50 h (trial 3) |" in table
     assert "| 1.3% | 0.25 h | 4.50 h (trial 4) | 2.50 h (trial 3) |" in table
+    # within noise (of mnist's 10,000 test images): 120 errors against 110 cannot be told apart, 500 can
+    assert "| 1.1% | 0.50 h | not reached (4 trials) | 2.50 h (trial 3) | 4.50 h (trial 4) |" in table
     assert table.index("| 1.3% |") < table.index("| 1.1% |")  # NP runs by CPU time
     # every trial in draw order: job 2 (run7) is the third, its pick still job 0's TCE, the oracle its own
     assert "| 3 | run7 | sgd | 100 | batchnorm | 90-20 | 6% | 1% | protocol | 3600 s | 2.50 h | 5% | 1% |" in table
