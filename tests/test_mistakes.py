@@ -52,3 +52,19 @@ def test_mistakes_refuse_a_run_on_other_data(tmp_path):
     OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
     with pytest.raises(ValueError, match="not on the generated poker data"):
         mistakes(tmp_path)
+
+
+def test_split_errors_count_the_final_network_s_errors_on_every_split_of_any_data(tmp_path, capsys):
+    from npnn.mistakes import split_errors
+
+    cfg = compose("dataset=synthetic", *QUIET, "trainer.max_epochs=2")
+    summary = main(cfg, tmp_path)
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
+    counts = split_errors(tmp_path)
+    assert list(counts) == ["training", "validation", "test"]
+    (val, n_val), (test, n_test) = counts["validation"], counts["test"]
+    assert val == round(summary["val_error"] * n_val) and test == round(summary["test_error"] * n_test)
+    assert 0 <= counts["training"][0] <= counts["training"][1]
+    mistakes_main(["--splits", str(tmp_path)])
+    assert f"| {test:,} of {n_test:,} |" in capsys.readouterr().out

@@ -1,6 +1,8 @@
-"""Which test hands a poker run's final network gets wrong, counted by kind.
+"""Which test hands a poker run's final network gets wrong, counted by kind; or, for a run on any data, how
+many examples of each split its final network gets wrong.
 
     python -m npnn.mistakes RUN_DIR [RUN_DIR ...]
+    python -m npnn.mistakes --splits RUN_DIR [RUN_DIR ...]
 
 For runs on the generated poker data (``dataset=poker``, ``dataset.source=generated``): a mistake's kind is
 its hand's UCI class, with the straights split in two, the ace-high straight (10-J-Q-K-A, whose ace is rank 1
@@ -67,10 +69,34 @@ def mistakes(run_dir: str | Path) -> dict:
             "totals": Counter(kinds)}
 
 
+def split_errors(run_dir: str | Path) -> dict[str, tuple[int, int]]:
+    """``{"training": (errors, examples), "validation": ..., "test": ...}``: the run's final network (as
+    :func:`final_network`) on each split of its recorded data."""
+    run_dir = Path(run_dir)
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    splits = load_recorded(OmegaConf.to_container(cfg.dataset.loader, resolve=True), f"{run_dir}'s dataset.loader")
+    net = final_network(run_dir)
+    counts = {}
+    with torch.no_grad():
+        for name, x, y in (("training", splits.x_train, splits.y_train), ("validation", splits.x_val, splits.y_val),
+                           ("test", splits.x_test, splits.y_test)):
+            counts[name] = (int((net.evaluate(x, 10_000).argmax(1) != y).sum()), len(y))
+    return counts
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m npnn.mistakes", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("--splits", action="store_true",
+                        help="any data: the final network's errors on the training, validation and test splits")
     args = parser.parse_args(argv)
+    if args.splits:
+        print("| run | training errors | validation errors | test errors |")
+        print("|---|---|---|---|")
+        for run_dir in args.run_dirs:
+            counts = split_errors(run_dir)
+            print(f"| {run_dir} | " + " | ".join(f"{e:,} of {n:,}" for e, n in counts.values()) + " |")
+        return
     results = {run_dir: mistakes(run_dir) for run_dir in args.run_dirs}
     order = list(HAND_NAMES[:4]) + [ACE_HIGH] + list(HAND_NAMES[4:])
     columns = [k for k in order if any(r["kinds"][k] for r in results.values())]
