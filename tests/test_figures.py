@@ -218,15 +218,18 @@ def test_table2_seeds_pair_each_np_run_with_the_p_pick_of_its_sizes_and_test_the
     for seed, (sizes, errors) in enumerate([([20, 20, 20, 20], 17), ([18, 22, 22, 10], 20), ([22, 26, 27, 11], 4),
                                             ([21, 25, 28, 12], 8), ([30, 30, 30, 30], 13)]):
         make_run(tmp_path / "np" / f"seed={seed}", ["lambda=1e-6", f"seed={seed}"], seed=seed, hidden_sizes=sizes,
-                 weights=1e3, val_error=errors * 1e-5, test_error=errors * 1e-5, **poker)
+                 weights=1e3, val_error=errors * 1e-5, test_error=errors * 1e-5, config=POKER_CONFIG, **poker)
     make_run(tmp_path / "np" / "seed=5", ["lambda=1e-6", "seed=5"], seed=5, hidden_sizes=[9, 9, 9, 9],
-             **{**poker, "stopped_by": "signal"})  # not ended: not a seed of the comparison
+             config=POKER_CONFIG, **{**poker, "stopped_by": "signal"})  # not ended: not a seed of the comparison
+    make_run(tmp_path / "np" / "twin_seed=1", ["lambda=1e-6", "seed=1"], seed=1, hidden_sizes=[9, 9, 9, 9],
+             val_error=0.0, test_error=0.0, config=POKER_CONFIG, **poker)  # seed 1 again: counted once
     rmsprop = dict(dataset="poker", model="parametric", optimizer="rmsprop", **{"lambda": 0.0})
     for sizes, picks in [([20, 20, 20, 20], [(300, 0.0, 5), (100, 1e-5, 1)]), ([18, 22, 22, 10], [(100, 0.0, 3)]),
                          ([22, 26, 27, 11], [(30, 0.0, 6)]), ([21, 25, 28, 12], [(100, 1e-5, 2)])]:
         for alpha, vce, errors in picks:  # the lowest VCE picks, not the lowest test error
             make_run(tmp_path / "p" / f"{sizes[0]}-{alpha}", [f"optimizer.alpha={alpha}"], step_size=alpha,
-                     hidden_sizes=sizes, weights=1e3, val_error=vce, test_error=errors * 1e-5, **rmsprop)
+                     hidden_sizes=sizes, weights=1e3, val_error=vce, test_error=errors * 1e-5, config=POKER_CONFIG,
+                     **rmsprop)
     text = table2([tmp_path / "np" / "seed=0"], [tmp_path / "p"], None, tmp_path / "out", [tmp_path / "np"])
     seeds = text.split("## lambda = 1e-06: 5 NP runs (seeds)")[1]
     assert "| 0 | 20-20-20-20 | 0.017% | 17 | 300 (2) | 0% | 5 | " in seeds
@@ -239,7 +242,8 @@ def test_table2_seeds_pair_each_np_run_with_the_p_pick_of_its_sizes_and_test_the
     # pooled: 49 of 65 errors are NP's; 2 * P(Binomial(65, 1/2) >= 49), the rate ratio 49/16
     tail = sum(math.comb(65, i) for i in range(49, 66)) / 2 ** 65
     assert f"Pooled: NP 49 and P 16 errors; at one error rate NP's share of the 65 would be Binomial(65, 1/2): " \
-        f"exact two-sided p = {2 * tail:.3g}; the rate ratio NP / P is 3.06, exact 95% interval " in seeds
+        f"exact two-sided p = {2 * tail:.3g}; the rate ratio NP / P is 3.06, exact 95% interval 1.71 to 5.77." in seeds
+    assert f"Left out, a second run of a seed: `{tmp_path / 'np' / 'twin_seed=1'}`." in seeds
     assert "## lambda" not in text.split("## lambda = 1e-06")[0]  # one setting of several seeds
     assert seed_lines([], []) == []
 
@@ -290,6 +294,10 @@ def test_reproduce_sh_refuses_bad_arguments_before_it_runs_anything(tmp_path, ar
     assert usage.returncode == 0 and "bash reproduce.sh [--quick]" in usage.stdout
 
 
+MNIST_CONFIG = "dataset:\n  loader:\n    _target_: npnn.data.mnist.load_mnist\n"
+POKER_CONFIG = CONFIG + "dataset:\n  loader:\n    _target_: npnn.data.poker.load_poker\n    split: [800, 100, 100000]\n"
+
+
 def test_within_noise_is_the_exact_test_of_two_error_counts():
     from npnn.figures.claim import within_noise
 
@@ -322,7 +330,7 @@ def test_the_claim_follows_the_search_in_draw_order_and_picks_by_vce(tmp_path):
     assert [c["pick_tce"] for c in curve] == [0.050, 0.050, 0.050, 0.012]  # by VCE
     assert [c["oracle_tce"] for c in curve] == [0.050, 0.050, 0.010, 0.010]
     make_run(tmp_path / "np" / "a", ["lambda=1e-3"], test_error=0.011, cpu_time_s=1800, weights=500,
-             hidden_sizes=[40, 10], stopped_by="protocol", **{"lambda": 1e-3})
+             hidden_sizes=[40, 10], stopped_by="protocol", config=MNIST_CONFIG, **{"lambda": 1e-3})
     make_run(tmp_path / "np" / "b", ["lambda=1e-4"], test_error=0.013, cpu_time_s=900, stopped_by="protocol")
     written = claim([tmp_path / "np"], [search], tmp_path / "out")
     assert {p.name for p in written} == {"claim_mnist.png", "claim_mnist.pdf", "claim_mnist.md"}
@@ -330,7 +338,7 @@ def test_the_claim_follows_the_search_in_draw_order_and_picks_by_vce(tmp_path):
     assert "4 trials, 4.50 CPU hours in all" in table and "TCE 1.2%" in table
     # 1.1%: the pick never (1.2% at the end), the oracle at trial 3; 1.3%: the pick at trial 4
     assert "| 1.1% | 0.50 h | not reached (4 trials) | 2.50 h (trial 3) |" in table
-    assert "| 1.3% | 0.25 h | 4.50 h (trial 4) | 2.50 h (trial 3) |" in table
+    assert "| 1.3% | 0.25 h | 4.50 h (trial 4) | 2.50 h (trial 3) | - |" in table  # no config: not counted
     # within noise (of mnist's 10,000 test images): 120 errors against 110 cannot be told apart, 500 can
     assert "| 1.1% | 0.50 h | not reached (4 trials) | 2.50 h (trial 3) | 4.50 h (trial 4) |" in table
     assert table.index("| 1.3% |") < table.index("| 1.1% |")  # NP runs by CPU time

@@ -246,3 +246,19 @@ def test_the_kernels_run_on_the_threads_torch_is_given():
             assert npnn.fused.parallel_threads() == threads
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_compiler_without_openmp_gets_the_serial_build(monkeypatch):
+    """The build asks for OpenMP first; where the compiler refuses it, the same kernels are built without."""
+    import torch.utils.cpp_extension
+
+    calls = []
+
+    def fake_build(name, sources, extra_cflags, **kwargs):
+        calls.append(extra_cflags)
+        if "-fopenmp" in extra_cflags:
+            raise RuntimeError("clang: error: unsupported option '-fopenmp'")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", fake_build)
+    npnn.fused._build(verbose=False)
+    assert calls == [["-O3", "-fopenmp"], ["-O3", "-fopenmp-simd"]]

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DTYPES", "active", "disabled_by_env", "load", "use", "adarad_step_", "capnorm_train", "count_zero_rows"]
+__all__ = ["DTYPES", "active", "disabled_by_env", "load", "use", "adarad_step_", "capnorm_train", "count_zero_rows",
+           "parallel_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,20 @@ def _ninja_on_path() -> None:
 def _build(verbose: bool) -> None:
     from torch.utils.cpp_extension import load as build
 
-    # -fopenmp: at::parallel_for runs on torch's threads only where _OPENMP is defined (serially otherwise);
-    # the library then needs libgomp.so.1, which resolves to the copy torch has loaded (one thread pool,
-    # torch.set_num_threads governs it). No -march=native, so a build cache shared by the nodes of a
+    # -fopenmp: at::parallel_for runs on torch's threads only where _OPENMP is defined (serially otherwise).
+    # It is not linked with -fopenmp: its OpenMP calls resolve through libtorch_cpu to the runtime torch
+    # loaded (one thread pool, torch.set_num_threads governs it; tests/test_fused.py checks). A compiler
+    # without OpenMP gets the serial build. No -march=native, so a build cache shared by the nodes of a
     # cluster runs on all of them
     with _build_lock():
-        build(name="npnn_fused", sources=[str(_SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-              extra_ldflags=["-fopenmp"], is_python_module=False, verbose=verbose)
+        try:
+            build(name="npnn_fused", sources=[str(_SOURCE)], extra_cflags=["-O3", "-fopenmp"],
+                  is_python_module=False, verbose=verbose)
+        except Exception as exc:  # e.g. Apple's clang: no -fopenmp
+            log.warning("npnn: the kernels did not build with OpenMP (%s); building them to run on one thread",
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            build(name="npnn_fused", sources=[str(_SOURCE)], extra_cflags=["-O3", "-fopenmp-simd"],
+                  is_python_module=False, verbose=verbose)
 
 
 def wait_limit() -> float:

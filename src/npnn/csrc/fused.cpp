@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -381,15 +382,13 @@ std::vector<int64_t> count_zero_rows(at::TensorList weights) {
   return counts;
 }
 
-// The number of threads at::parallel_for gives this library's kernels: torch's thread count where the
-// build has OpenMP, 1 where it has not (then at::parallel_for is a plain loop)
+// The number of threads at::parallel_for runs this library's kernels on (each runs one chunk): torch's thread
+// count where the build uses torch's OpenMP runtime, 1 where it has no OpenMP (a plain loop), and another
+// runtime's count where it linked a second one
 int64_t parallel_threads() {
-  std::vector<char> seen(std::max(at::get_num_threads(), 1), 0);
-  at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) {
-    const int tid = at::get_thread_num();
-    if (tid >= 0 && tid < static_cast<int>(seen.size())) seen[tid] = 1;
-  });
-  return std::count(seen.begin(), seen.end(), 1);
+  std::atomic<int64_t> chunks{0};
+  at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) { chunks.fetch_add(1); });
+  return chunks.load();
 }
 
 // CapNorm of a training batch with its backward, as one autograd op: no Python between the two kernels

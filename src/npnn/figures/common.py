@@ -6,7 +6,7 @@ from typing import Any
 
 from npnn.record import read_summary
 
-__all__ = ["save", "summary", "hydra_config", "pct"]
+__all__ = ["save", "summary", "hydra_config", "pct", "test_examples"]
 
 
 def save(fig, stem: Path) -> list[Path]:
@@ -29,6 +29,19 @@ def hydra_config(run_dir: Path):
 
     path = Path(run_dir) / ".hydra" / "config.yaml"
     return OmegaConf.load(path) if path.is_file() else None
+
+
+def test_examples(run_dir: Path | str) -> int | None:
+    """How many test examples a run's test error counts, from its ``.hydra/config.yaml``: a loader's ``split``
+    (poker: 100,000), MNIST's fixed 10,000; None where the config does not say."""
+    config = hydra_config(Path(run_dir))
+    loader = config.get("dataset", {}).get("loader", {}) if config is not None else {}
+    split = loader.get("split")
+    if split is not None and len(split) == 3:
+        return int(split[2])
+    if str(loader.get("_target_", "")).endswith("load_mnist"):
+        return 10_000
+    return None
 
 
 def pct(x: float) -> str:

@@ -5,8 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from npnn.data.poker import POKER_SPLIT
-from npnn.figures.common import hydra_config, pct
+from npnn.figures.common import hydra_config, pct, test_examples
 from npnn.record import FINISHED, UNFINISHED
 from npnn.sweeps import gather, representatives
 
@@ -123,9 +122,13 @@ def _p_grid_lines(p_all: list[dict[str, Any]], bests: dict[str, dict[str, Any]])
     return lines
 
 
-def _hands(error: float) -> int:
-    """A test error as a number of the 100,000 test hands."""
-    return round(float(error) * POKER_SPLIT[2])
+def _hands(run: dict[str, Any]) -> int:
+    """A run's test error as a number of its test hands."""
+    examples = test_examples(run["run_dir"])
+    if examples is None:
+        raise ValueError(f"{run['run_dir']}: its .hydra/config.yaml does not say how many test examples it has "
+                         f"(dataset.loader.split): its error cannot be counted")
+    return round(float(run["test_error"]) * examples)
 
 
 def seed_lines(np_rows: list[dict[str, Any]], p_rows: list[dict[str, Any]]) -> list[str]:
@@ -133,18 +136,22 @@ def seed_lines(np_rows: list[dict[str, Any]], p_rows: list[dict[str, Any]]) -> l
     sizes with the lowest VCE (7.4.2 step 2; no test error picks anything), and two exact tests of NP against P:
     the sign test over the seeds (is one better at most seeds?) and, pooled, the conditional binomial test (two
     Poisson counts at one rate split as Binomial(k + m, 1/2)) with the exact 95% interval of the rate ratio. The
-    pooled test counts every error as independent, so the spread between seeds makes it too sure of itself."""
+    pooled test counts every error as independent, so the spread between seeds makes it too sure of itself; both
+    tests leave out that the two nets are scored on the same hands, and a paired test (McNemar's) would only find
+    a difference clearer where the nets share errors. One run per seed: the first by directory name, the others
+    named."""
     from scipy.stats import binomtest
 
-    by_lambda: dict[float, list[dict[str, Any]]] = {}
-    for run in np_rows:
+    by_lambda: dict[float, dict[int, list[dict[str, Any]]]] = {}
+    for run in sorted(np_rows, key=lambda r: r["run_dir"]):
         if run["stopped_by"] in FINISHED:
-            by_lambda.setdefault(float(run["lambda"]), []).append(run)
+            by_lambda.setdefault(float(run["lambda"]), {}).setdefault(int(run["seed"] or 0), []).append(run)
     lines = []
-    for lam, runs in sorted(by_lambda.items(), key=lambda kv: -kv[0]):
-        if len(runs) < 2:
+    for lam, by_seed in sorted(by_lambda.items(), key=lambda kv: -kv[0]):
+        if len(by_seed) < 2:
             continue
-        runs.sort(key=lambda r: (int(r["seed"] or 0), r["run_dir"]))
+        runs = [by_seed[seed][0] for seed in sorted(by_seed)]
+        twins = [r for seed in sorted(by_seed) for r in by_seed[seed][1:]]
         paper = PAPER_TABLE2["np"].get(lam)
         lines += ["", f"## lambda = {lam:g}: {len(runs)} NP runs (seeds), each against the P net of its sizes", "",
                   "| seed | NP final size | NP VCE | NP test errors | P: alpha (lowest VCE of) | P VCE | P test errors "
@@ -152,19 +159,25 @@ def seed_lines(np_rows: list[dict[str, Any]], p_rows: list[dict[str, Any]]) -> l
         pairs = []
         for run in runs:
             at_size = [r for r in p_rows if r["hidden_sizes"] == run["hidden_sizes"]]
-            errors = _hands(run["test_error"])
+            errors = _hands(run)
             p_cells = "| - | - | -"
             if at_size:
                 best = min(at_size, key=lambda r: (float(r["val_error"]), r["run_dir"]))
-                pairs.append((errors, _hands(best["test_error"])))
+                pairs.append((errors, _hands(best)))
                 p_cells = (f"| {float(best['step_size']):g} ({len(at_size)}) | {pct(float(best['val_error']))} | "
                            f"{pairs[-1][1]}")
             lines.append(f"| {run['seed']} | {run['hidden_sizes']} | {pct(float(run['val_error']))} | {errors} "
                          f"{p_cells} | `{run['run_dir']}` |")
-        np_errors = sorted(_hands(r["test_error"]) for r in runs)
+        np_errors = sorted(_hands(r) for r in runs)
+        sizes = {test_examples(r["run_dir"]) for r in runs}
+        if len(sizes) > 1:
+            raise ValueError(f"the NP runs at lambda = {lam:g} have test sets of different sizes ({sorted(sizes)}): "
+                             f"their errors cannot be compared")
         lines += ["", f"NP test errors over the {len(runs)} runs: {', '.join(map(str, np_errors))} (median "
-                      f"{_median(np_errors):g}; of {POKER_SPLIT[2]:,} test hands)"
+                      f"{_median(np_errors):g}; of {sizes.pop():,} test hands)"
                       + (f"; the paper's one run: {paper[2]}." if paper else ".")]
+        if twins:
+            lines.append("Left out, a second run of a seed: " + ", ".join(f"`{r['run_dir']}`" for r in twins) + ".")
         if pairs:
             nps, ps = [a for a, _ in pairs], [b for _, b in pairs]
             more, fewer = sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
