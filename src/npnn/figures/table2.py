@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from npnn.figures.common import hydra_config, pct, test_examples
@@ -156,10 +157,11 @@ def seed_lines(np_rows: list[dict[str, Any]], p_rows: list[dict[str, Any]]) -> l
         lines += ["", f"## lambda = {lam:g}: {len(runs)} NP runs (seeds), each against the P net of its sizes", "",
                   "| seed | NP final size | NP VCE | NP test errors | P: alpha (lowest VCE of) | P VCE | P test errors "
                   "| NP record |", "|---" * 8 + "|"]
-        pairs = []
+        pairs, np_errors = [], []
         for run in runs:
             at_size = [r for r in p_rows if r["hidden_sizes"] == run["hidden_sizes"]]
             errors = _hands(run)
+            np_errors.append(errors)
             p_cells = "| - | - | -"
             if at_size:
                 best = min(at_size, key=lambda r: (float(r["val_error"]), r["run_dir"]))
@@ -168,13 +170,13 @@ def seed_lines(np_rows: list[dict[str, Any]], p_rows: list[dict[str, Any]]) -> l
                            f"{pairs[-1][1]}")
             lines.append(f"| {run['seed']} | {run['hidden_sizes']} | {pct(float(run['val_error']))} | {errors} "
                          f"{p_cells} | `{run['run_dir']}` |")
-        np_errors = sorted(_hands(r) for r in runs)
+        np_errors.sort()
         sizes = {test_examples(r["run_dir"]) for r in runs}
         if len(sizes) > 1:
             raise ValueError(f"the NP runs at lambda = {lam:g} have test sets of different sizes ({sorted(sizes)}): "
                              f"their errors cannot be compared")
         lines += ["", f"NP test errors over the {len(runs)} runs: {', '.join(map(str, np_errors))} (median "
-                      f"{_median(np_errors):g}; of {sizes.pop():,} test hands)"
+                      f"{median(np_errors):g}; of {sizes.pop():,} test hands)"
                       + (f"; the paper's one run: {paper[2]}." if paper else ".")]
         if twins:
             lines.append("Left out, a second run of a seed: " + ", ".join(f"`{r['run_dir']}`" for r in twins) + ".")
@@ -183,7 +185,7 @@ def seed_lines(np_rows: list[dict[str, Any]], p_rows: list[dict[str, Any]]) -> l
             more, fewer = sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
             sign_p = binomtest(more, more + fewer).pvalue if more + fewer else 1.0
             lines.append(f"P at the same sizes ({len(pairs)} of the {len(runs)}): {', '.join(map(str, sorted(ps)))} "
-                         f"(median {_median(ps):g}).")
+                         f"(median {median(ps):g}).")
             lines.append(f"Sign test over the pairs: NP makes more errors than P in {more}, fewer in {fewer}, as many "
                          f"in {len(pairs) - more - fewer}; exact two-sided p = {sign_p:.3g}.")
             k, m = sum(nps), sum(ps)
@@ -196,9 +198,3 @@ def seed_lines(np_rows: list[dict[str, Any]], p_rows: list[dict[str, Any]]) -> l
                              f"be Binomial({k + m}, 1/2): exact two-sided p = {pooled.pvalue:.3g}; the rate ratio "
                              f"NP / P is {ratio}, exact 95% interval {ci.low / (1 - ci.low):.3g} to {high}.")
     return lines
-
-
-def _median(values: list[int]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return float(ordered[middle]) if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
