@@ -68,3 +68,9 @@ def test_split_errors_count_the_final_network_s_errors_on_every_split_of_any_dat
     assert 0 <= counts["training"][0] <= counts["training"][1]
     mistakes_main(["--splits", str(tmp_path)])
     assert f"| {test:,} of {n_test:,} |" in capsys.readouterr().out
+
+
+def test_the_command_names_a_folder_that_is_not_a_run_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        mistakes_main(["--splits", str(tmp_path)])
+    assert stop.value.code == 1 and "config.yaml" in capsys.readouterr().err

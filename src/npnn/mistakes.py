@@ -90,14 +90,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--splits", action="store_true",
                         help="any data: the final network's errors on the training, validation and test splits")
     args = parser.parse_args(argv)
+    try:
+        counted = {run_dir: (split_errors if args.splits else mistakes)(run_dir) for run_dir in args.run_dirs}
+    except (FileNotFoundError, ValueError) as err:  # not a run directory, no checkpoint, other data
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
     if args.splits:
         print("| run | training errors | validation errors | test errors |")
         print("|---|---|---|---|")
-        for run_dir in args.run_dirs:
-            counts = split_errors(run_dir)
+        for run_dir, counts in counted.items():
             print(f"| {run_dir} | " + " | ".join(f"{e:,} of {n:,}" for e, n in counts.values()) + " |")
         return
-    results = {run_dir: mistakes(run_dir) for run_dir in args.run_dirs}
+    results = counted
     order = list(HAND_NAMES[:4]) + [ACE_HIGH] + list(HAND_NAMES[4:])
     columns = [k for k in order if any(r["kinds"][k] for r in results.values())]
     print("| run | test errors | " + " | ".join(columns) + " |")
